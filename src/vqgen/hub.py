@@ -1,0 +1,73 @@
+"""Saving and loading models as a directory: ``config.json`` + ``model.safetensors``.
+
+Nothing here unpickles: weights are safetensors, configs are JSON, and loading is strict, so a
+checkpoint that does not match the architecture its config describes fails with the keys named.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import from_dict, to_dict
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+M = TypeVar("M", bound=torch.nn.Module)
+
+
+def atomic_write_bytes(path: Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` then rename into place, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_pretrained(model: torch.nn.Module, config: Any, directory: str | Path, kind: str) -> Path:
+    """Write ``config.json`` (with the model ``kind``) and ``model.safetensors`` into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = {"kind": kind, "config": to_dict(config)}
+    atomic_write_bytes(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(payload, indent=2)))
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write_bytes(directory / WEIGHTS_NAME, lambda p: save_file(state, p))
+    return directory
+
+
+def read_config(directory: str | Path, kind: str, cls: type) -> Any:
+    directory = Path(directory)
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a saved model directory: no {CONFIG_NAME}")
+    payload = json.loads(path.read_text())
+    if payload.get("kind") != kind:
+        raise ValueError(f"{directory} holds a {payload.get('kind')!r} model, not a {kind!r} model")
+    return from_dict(cls, payload["config"])
+
+
+def load_pretrained(build: Callable[[Any], M], cls: type, directory: str | Path, kind: str,
+                    map_location: str | torch.device = "cpu") -> M:
+    """Build the model from its config and load weights with strict keys."""
+    directory = Path(directory)
+    config = read_config(directory, kind, cls)
+    model = build(config)
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME}")
+    state = load_file(str(weights), device=str(map_location))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"{weights} does not match the config: missing {missing}, unexpected {unexpected}")
+    return model
