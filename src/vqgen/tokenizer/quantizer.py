@@ -1,0 +1,283 @@
+"""Quantizers: a vector quantizer with the improvements that keep a codebook in use, and FSQ.
+
+``VectorQuantizer`` (van den Oord et al. 2017, https://arxiv.org/abs/1711.00937) replaces each latent
+vector by its nearest code and passes gradients straight through. The loss is
+
+    codebook  ||sg[z] − e||²       (moves codes; replaced by EMA updates when ``ema_decay`` is set)
+  + β · commitment ||z − sg[e]||²  (moves the encoder; β = 0.25 in the paper)
+
+— β multiplies the *commitment* term, unlike taming-transformers' "legacy" quantizer.
+Options, each from the literature:
+  * EMA codebook updates with Laplace-smoothed counts (VQ-VAE appendix A.1).
+  * k-means initialisation of the codebook from the first training batch (Łańcucki et al. 2020,
+    https://arxiv.org/abs/2005.08520).
+  * dead-code restart: codes whose running usage falls below a threshold are reset to random
+    encoder outputs of the current batch (Dhariwal et al. 2020 Jukebox, https://arxiv.org/abs/2005.00341).
+  * l2-normalised, low-dimensional codes behind linear projections (ViT-VQGAN, Yu et al. 2021,
+    https://arxiv.org/abs/2110.04627; LlamaGen uses dim 8).
+``FSQuantizer`` (Mentzer et al. 2023, https://arxiv.org/abs/2309.15505) bounds a few dimensions and
+rounds each to a fixed number of levels: an implicit codebook of ∏ levels entries, no codebook loss.
+
+Under torch.distributed every rank sees the same codebook: EMA statistics are all-reduced and k-means
+init / restarts are computed on rank 0 and broadcast (every rank makes the same collective calls).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+@dataclass
+class QuantizerConfig:
+    kind: Literal["vq", "fsq"] = "vq"
+    codebook_size: int = 1024          # vq only; FSQ's size is prod(fsq_levels)
+    code_dim: int | None = None        # lookup dimension; None = the encoder's z_channels (no projection)
+    beta: float = 0.25                 # commitment weight (on the encoder term)
+    ema_decay: float | None = None     # None: codes learn by the codebook loss; else EMA updates
+    kmeans_init: bool = False
+    kmeans_iters: int = 10
+    dead_code_threshold: float = 0.0   # restart codes whose running count per batch is below this; 0 = off
+    usage_decay: float = 0.99          # decay of the running per-code count that restarts read
+    l2_normalize: bool = False
+    fsq_levels: tuple[int, ...] = (8, 5, 5, 5)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("vq", "fsq"):
+            raise ValueError(f"quantizer kind must be 'vq' or 'fsq', got {self.kind!r}")
+        if self.codebook_size < 2:
+            raise ValueError("codebook_size must be at least 2")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        if not 0.0 < self.usage_decay < 1.0:
+            raise ValueError(f"usage_decay must be in (0, 1), got {self.usage_decay}")
+        if self.kind == "fsq" and any(level < 2 for level in self.fsq_levels):
+            raise ValueError(f"every FSQ level must be >= 2, got {self.fsq_levels}")
+
+    @property
+    def num_codes(self) -> int:
+        return math.prod(self.fsq_levels) if self.kind == "fsq" else self.codebook_size
+
+
+@dataclass
+class QuantizerOutput:
+    z_q: torch.Tensor          # (B, C, h, w) quantized latents, straight-through gradients
+    indices: torch.Tensor      # (B, h, w) int64 code ids
+    loss: torch.Tensor         # scalar: codebook + β·commitment (0 for FSQ)
+    commitment: torch.Tensor   # scalar, unweighted
+    perplexity: torch.Tensor   # scalar: exp(entropy) of this batch's code histogram
+    usage: torch.Tensor        # scalar: fraction of codes used in this batch
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    if _distributed():
+        dist.all_reduce(t)
+    return t
+
+
+def _broadcast(t: torch.Tensor) -> torch.Tensor:
+    if _distributed():
+        dist.broadcast(t, src=0)
+    return t
+
+
+def code_histogram_stats(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Perplexity and used fraction of a code histogram ``counts`` (K,)."""
+    p = counts.float() / counts.sum().clamp_min(1)
+    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
+    return entropy.exp(), (counts > 0).float().mean()
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator | None = None,
+           spherical: bool = False) -> torch.Tensor:
+    """Lloyd's k-means on x (N, D); returns centroids (k, D). Empty clusters keep their old centroid."""
+    n = x.shape[0]
+    idx = torch.randperm(n, generator=generator, device="cpu")[:k] if n >= k else \
+        torch.randint(0, n, (k,), generator=generator, device="cpu")
+    centroids = x[idx.to(x.device)].clone()  # (k, D)
+    for _ in range(iters):
+        assign = torch.cdist(x, centroids).argmin(dim=1)  # (N,)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, x)  # (k, D)
+        counts = torch.bincount(assign, minlength=k).unsqueeze(1)  # (k, 1)
+        centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
+        if spherical:
+            centroids = F.normalize(centroids, dim=1)
+    return centroids
+
+
+class VectorQuantizer(nn.Module):
+    def __init__(self, in_dim: int, cfg: QuantizerConfig):
+        super().__init__()
+        if cfg.kind != "vq":
+            raise ValueError("VectorQuantizer needs a config of kind 'vq'")
+        self.cfg = cfg
+        dim = cfg.code_dim or in_dim
+        self.dim = dim
+        # Low-dimensional lookup behind projections (ViT-VQGAN); identity when dims agree.
+        self.proj_in = nn.Linear(in_dim, dim) if dim != in_dim else nn.Identity()
+        self.proj_out = nn.Linear(dim, in_dim) if dim != in_dim else nn.Identity()
+        init = torch.randn(cfg.codebook_size, dim)  # (K, D)
+        init = F.normalize(init, dim=1) if cfg.l2_normalize else init.uniform_(-1 / cfg.codebook_size, 1 / cfg.codebook_size)
+        if cfg.ema_decay is None:
+            self.embed = nn.Parameter(init)
+        else:
+            self.register_buffer("embed", init)
+            self.register_buffer("ema_count", torch.zeros(cfg.codebook_size))
+            self.register_buffer("ema_sum", init.clone())
+        self.register_buffer("usage_count", torch.ones(cfg.codebook_size))  # running count per batch
+        self.register_buffer("initialized", torch.tensor(not cfg.kmeans_init))
+
+    @property
+    def codebook_size(self) -> int:
+        return self.cfg.codebook_size
+
+    def codebook(self) -> torch.Tensor:
+        e = self.embed  # (K, D)
+        return F.normalize(e, dim=1) if self.cfg.l2_normalize else e
+
+    def _project(self, z: torch.Tensor) -> torch.Tensor:
+        z = self.proj_in(z)  # (N, D)
+        return F.normalize(z, dim=1) if self.cfg.l2_normalize else z
+
+    def lookup(self, z: torch.Tensor) -> torch.Tensor:
+        """Nearest code ids for projected vectors z (N, D) -> (N,)."""
+        e = self.codebook()  # (K, D)
+        d = z.pow(2).sum(1, keepdim=True) - 2 * z @ e.t() + e.pow(2).sum(1)  # (N, K) squared distances
+        return d.argmin(dim=1)
+
+    @torch.no_grad()
+    def _kmeans_init(self, z: torch.Tensor) -> None:
+        centroids = kmeans(z.float(), self.codebook_size, self.cfg.kmeans_iters, spherical=self.cfg.l2_normalize)
+        centroids = _broadcast(centroids.contiguous())
+        self.embed.data.copy_(centroids)
+        if self.cfg.ema_decay is not None:
+            self.ema_sum.copy_(centroids)
+            self.ema_count.fill_(1.0)
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _ema_update(self, z: torch.Tensor, onehot: torch.Tensor) -> None:
+        decay, k = self.cfg.ema_decay, self.codebook_size
+        counts = _all_reduce(onehot.sum(0))  # (K,)
+        sums = _all_reduce(onehot.t() @ z)  # (K, D)
+        self.ema_count.mul_(decay).add_(counts, alpha=1 - decay)
+        self.ema_sum.mul_(decay).add_(sums, alpha=1 - decay)
+        n = self.ema_count.sum()
+        smoothed = (self.ema_count + 1e-5) / (n + k * 1e-5) * n  # Laplace smoothing, (K,)
+        embed = self.ema_sum / smoothed.unsqueeze(1)
+        self.embed.copy_(F.normalize(embed, dim=1) if self.cfg.l2_normalize else embed)
+
+    @torch.no_grad()
+    def _restart_dead(self, z: torch.Tensor) -> None:
+        dead = self.usage_count < self.cfg.dead_code_threshold  # (K,)
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return
+        pick = torch.randint(0, z.shape[0], (n_dead,), device=z.device)
+        fresh = _broadcast(z[pick].contiguous())  # (n_dead, D) encoder outputs
+        self.embed.data[dead] = fresh
+        if self.cfg.ema_decay is not None:
+            self.ema_sum[dead] = fresh
+            self.ema_count[dead] = 1.0
+        self.usage_count[dead] = self.cfg.dead_code_threshold  # give restarted codes time to be picked
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:  # z: (B, C, h, w)
+        # Distances and codebook statistics in fp32 even under bf16 autocast.
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return self._forward(z.float())
+
+    def _forward(self, z: torch.Tensor) -> QuantizerOutput:
+        b, _, h, w = z.shape
+        flat = self._project(rearrange(z, "b c h w -> (b h w) c").float())  # (N, D)
+        if self.training and not bool(self.initialized):
+            self._kmeans_init(flat.detach())
+        idx = self.lookup(flat.detach())  # (N,)
+        onehot = F.one_hot(idx, self.codebook_size).type(flat.dtype)  # (N, K)
+        counts = onehot.sum(0).detach()  # (K,)
+        if self.training:
+            if self.cfg.ema_decay is not None:
+                self._ema_update(flat.detach(), onehot)
+            with torch.no_grad():
+                self.usage_count.mul_(self.cfg.usage_decay).add_(_all_reduce(counts.clone()), alpha=1 - self.cfg.usage_decay)
+            if self.cfg.dead_code_threshold > 0:
+                self._restart_dead(flat.detach())
+        q = self.codebook()[idx]  # (N, D)
+        commitment = F.mse_loss(flat, q.detach())
+        codebook_loss = F.mse_loss(q, flat.detach()) if self.cfg.ema_decay is None else flat.new_zeros(())
+        q_st = flat + (q - flat).detach()  # straight-through estimator, (N, D)
+        z_q = rearrange(self.proj_out(q_st), "(b h w) c -> b c h w", b=b, h=h, w=w)  # (B, C, h, w)
+        perplexity, usage = code_histogram_stats(counts)
+        return QuantizerOutput(z_q, idx.view(b, h, w), codebook_loss + self.cfg.beta * commitment,
+                               commitment.detach(), perplexity, usage)
+
+    def codes_to_latents(self, indices: torch.Tensor) -> torch.Tensor:  # (B, h, w) -> (B, C, h, w)
+        if indices.min() < 0 or indices.max() >= self.codebook_size:
+            raise ValueError(f"token ids must lie in [0, {self.codebook_size}), got [{int(indices.min())}, {int(indices.max())}]")
+        q = self.proj_out(self.codebook()[indices])  # (B, h, w, C)
+        return rearrange(q, "b h w c -> b c h w")
+
+
+class FSQuantizer(nn.Module):
+    """Finite scalar quantization: project to len(levels) dims, bound with tanh, round (straight-through)."""
+
+    def __init__(self, in_dim: int, cfg: QuantizerConfig):
+        super().__init__()
+        if cfg.kind != "fsq":
+            raise ValueError("FSQuantizer needs a config of kind 'fsq'")
+        self.cfg = cfg
+        levels = torch.tensor(cfg.fsq_levels, dtype=torch.float32)
+        self.register_buffer("levels", levels, persistent=False)
+        basis = torch.cumprod(torch.tensor([1] + list(cfg.fsq_levels[:-1])), dim=0)
+        self.register_buffer("basis", basis, persistent=False)
+        self.proj_in = nn.Linear(in_dim, len(cfg.fsq_levels))
+        self.proj_out = nn.Linear(len(cfg.fsq_levels), in_dim)
+
+    @property
+    def codebook_size(self) -> int:
+        return self.cfg.num_codes
+
+    def _bound(self, z: torch.Tensor) -> torch.Tensor:
+        """Map z into [-(L-1)/2, (L-1)/2] per dim (shifted for even L so rounding gives L levels)."""
+        half = (self.levels - 1) * (1 - 1e-3) / 2
+        offset = torch.where(self.levels % 2 == 0, 0.5, 0.0)
+        shift = torch.atanh(offset / half)
+        return torch.tanh(z + shift) * half - offset
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:  # z: (B, C, h, w)
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return self._forward(z.float())
+
+    def _forward(self, z: torch.Tensor) -> QuantizerOutput:
+        b, _, h, w = z.shape
+        flat = self.proj_in(rearrange(z, "b c h w -> (b h w) c").float())  # (N, d)
+        bounded = self._bound(flat)
+        q = bounded + (torch.round(bounded) - bounded).detach()  # straight-through rounding, (N, d)
+        half_width = torch.div(self.levels, 2, rounding_mode="floor")
+        idx = ((q.detach() + half_width) * self.basis).sum(1).long()  # (N,)
+        z_q = rearrange(self.proj_out(q / half_width), "(b h w) c -> b c h w", b=b, h=h, w=w)
+        counts = torch.bincount(idx, minlength=self.codebook_size)
+        perplexity, usage = code_histogram_stats(counts)
+        zero = flat.new_zeros(())
+        return QuantizerOutput(z_q, idx.view(b, h, w), zero, zero, perplexity, usage)
+
+    def codes_to_latents(self, indices: torch.Tensor) -> torch.Tensor:  # (B, h, w) -> (B, C, h, w)
+        if indices.min() < 0 or indices.max() >= self.codebook_size:
+            raise ValueError(f"token ids must lie in [0, {self.codebook_size}), got [{int(indices.min())}, {int(indices.max())}]")
+        half_width = torch.div(self.levels, 2, rounding_mode="floor")
+        digits = (indices.unsqueeze(-1) // self.basis) % self.levels.long()  # (B, h, w, d)
+        q = (digits.float() - half_width) / half_width
+        return rearrange(self.proj_out(q), "b h w c -> b c h w")
+
+
+def build_quantizer(in_dim: int, cfg: QuantizerConfig) -> nn.Module:
+    return VectorQuantizer(in_dim, cfg) if cfg.kind == "vq" else FSQuantizer(in_dim, cfg)
