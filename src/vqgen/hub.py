@@ -67,7 +67,12 @@ def load_pretrained(build: Callable[[Any], M], cls: type, directory: str | Path,
     if not weights.is_file():
         raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME}")
     state = load_file(str(weights), device=str(map_location))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise RuntimeError(f"{weights} does not match the config: missing {missing}, unexpected {unexpected}")
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or shapes:
+        raise RuntimeError(f"{weights} does not match {directory / CONFIG_NAME}: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}, shape mismatch {shapes[:5]}")
+    model.load_state_dict(state, strict=True)
     return model

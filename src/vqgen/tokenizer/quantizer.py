@@ -100,19 +100,27 @@ def code_histogram_stats(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator | None = None,
            spherical: bool = False) -> torch.Tensor:
-    """Lloyd's k-means on x (N, D); returns centroids (k, D). Empty clusters keep their old centroid."""
+    """Lloyd's k-means on x (N, D) with k-means++ seeding (Arthur & Vassilvitskii 2007,
+    https://dl.acm.org/doi/10.5555/1283383.1283494); returns centroids (k, D).
+    Empty clusters keep their centroid."""
     n = x.shape[0]
-    idx = torch.randperm(n, generator=generator, device="cpu")[:k] if n >= k else \
-        torch.randint(0, n, (k,), generator=generator, device="cpu")
-    centroids = x[idx.to(x.device)].clone()  # (k, D)
+    first = torch.randint(0, n, (1,), generator=generator).item()
+    centroids = [x[first]]
+    d2 = (x - x[first]).pow(2).sum(1)  # (N,) squared distance to the nearest chosen centroid
+    for _ in range(1, k):
+        w = d2.cpu() if float(d2.sum()) > 0 else torch.ones(n)  # all points coincide: pick uniformly
+        pick = torch.multinomial(w, 1, generator=generator).item()
+        centroids.append(x[pick])
+        d2 = torch.minimum(d2, (x - x[pick]).pow(2).sum(1))
+    c = torch.stack(centroids)  # (k, D)
     for _ in range(iters):
-        assign = torch.cdist(x, centroids).argmin(dim=1)  # (N,)
-        sums = torch.zeros_like(centroids).index_add_(0, assign, x)  # (k, D)
+        assign = torch.cdist(x, c).argmin(dim=1)  # (N,)
+        sums = torch.zeros_like(c).index_add_(0, assign, x)  # (k, D)
         counts = torch.bincount(assign, minlength=k).unsqueeze(1)  # (k, 1)
-        centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
+        c = torch.where(counts > 0, sums / counts.clamp_min(1), c)
         if spherical:
-            centroids = F.normalize(centroids, dim=1)
-    return centroids
+            c = F.normalize(c, dim=1)
+    return c
 
 
 class VectorQuantizer(nn.Module):

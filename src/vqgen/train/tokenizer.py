@@ -85,7 +85,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out_dir: str | Path, data: str | 
     if cfg.gan.weight > 0:
         disc = PatchDiscriminator(ae.in_channels, cfg.gan.ndf, cfg.gan.n_layers).to(d.device)
         d_optim = OptimConfig(**{**vars(cfg.optim), "lr": cfg.gan.lr or cfg.optim.lr})
-        d_opt, d_sched = make_optimizer(disc.parameters(), d_optim, loop.max_steps)
+        # The discriminator's schedule starts when it does, at gan.start.
+        d_opt, d_sched = make_optimizer(disc.parameters(), d_optim, max(1, loop.max_steps - cfg.gan.start))
     lpips = None
     if cfg.loss.perceptual_weight > 0:
         from ..tokenizer.lpips import LPIPS
@@ -162,9 +163,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out_dir: str | Path, data: str | 
                     d_loss = hinge_d_loss(ddp_disc(xm), ddp_disc(xr))
                 check_finite(d_loss.detach(), step, run.path)
                 (d_loss / n_micro).backward()
-                logs["d_loss"] = logs.get("d_loss", 0.0) + float(d_loss) / n_micro
+                logs["d_loss"] = logs.get("d_loss", 0.0) + float(d_loss.detach()) / n_micro
             d_opt.step()
-        if d_sched is not None:
             d_sched.step()
 
         done = step + 1
