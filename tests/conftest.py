@@ -7,6 +7,9 @@ from vqgen.data import ImageDataset
 
 # Tests never reach the network: a missing Fashion-MNIST must fail fast, not try to download.
 os.environ.setdefault("VQGEN_OFFLINE", "1")
+# Tiny models gain nothing from threads, and on a loaded 2-core machine OpenMP spinning makes them
+# many times slower; one thread also keeps timings of the suite steady.
+torch.set_num_threads(1)
 
 
 def synthetic_images(n: int, size: int = 16, channels: int = 1, seed: int = 0, classes: int = 3) -> ImageDataset:

@@ -76,3 +76,119 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, 2H, 2W)
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Transformer blocks, GPT-2 style (Radford et al. 2019,
+# https://cdn.openai.com/better-language-models/language_models_are_unsupervised_multitask_learners.pdf):
+# pre-LayerNorm residual blocks of causal self-attention and a GELU MLP. Used by the stage-2 prior;
+# kept free of prior-specific details so that a text decoder can reuse them.
+
+
+class KVCache:
+    """Keys and values of one attention layer, preallocated for ``max_len`` positions.
+
+    Incremental decoding (as in any autoregressive Transformer decoder) appends the new positions'
+    keys/values and attends over the filled prefix, so one decoding step costs O(T) instead of
+    recomputing the whole sequence (O(T²)). Writes go into a fixed buffer: no per-step concatenation.
+    """
+
+    def __init__(self, batch: int, n_head: int, head_dim: int, max_len: int,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        if min(batch, n_head, head_dim, max_len) < 1:
+            raise ValueError(f"KVCache: sizes must be positive, got batch={batch}, n_head={n_head}, "
+                             f"head_dim={head_dim}, max_len={max_len}")
+        self.k = torch.empty(batch, n_head, max_len, head_dim, device=device, dtype=dtype)  # (B, nh, Tmax, hd)
+        self.v = torch.empty_like(self.k)  # (B, nh, Tmax, hd)
+        self.len = 0  # positions filled so far
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store ``k``, ``v`` (B, nh, T, hd) after the filled prefix; return all keys/values so far."""
+        if k.shape[:2] != self.k.shape[:2] or k.shape[3] != self.k.shape[3] or v.shape != k.shape:
+            raise ValueError(f"KVCache: got keys {tuple(k.shape)} / values {tuple(v.shape)} for a cache of "
+                             f"(batch, heads, _, head_dim) = {tuple(self.k.shape[:2])}, _, {self.k.shape[3]}")
+        end = self.len + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KVCache: {end} positions exceed the preallocated max_len {self.max_len}")
+        self.k[:, :, self.len:end] = k
+        self.v[:, :, self.len:end] = v
+        self.len = end
+        return self.k[:, :, :end], self.v[:, :, :end]  # (B, nh, end, hd) each
+
+
+class MLP(nn.Module):
+    """Linear → GELU → Linear → dropout (the Transformer position-wise feed-forward layer)."""
+
+    def __init__(self, n_embd: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.fc = nn.Linear(n_embd, hidden)
+        self.act = nn.GELU()
+        self.proj = nn.Linear(hidden, n_embd)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, C)
+        return self.dropout(self.proj(self.act(self.fc(x))))  # (B, T, C)
+
+
+class SelfAttention(nn.Module):
+    """Causal multi-head self-attention through ``F.scaled_dot_product_attention``.
+
+    With a :class:`KVCache` the input holds only the new positions, which come after the cached
+    ones; each attends to every cached position and causally to the new ones.
+    """
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0):
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError(f"SelfAttention: n_embd={n_embd} is not divisible by n_head={n_head}")
+        self.n_head = n_head
+        self.head_dim = n_embd // n_head
+        self.dropout = dropout
+        self.qkv = nn.Linear(n_embd, 3 * n_embd)
+        self.proj = nn.Linear(n_embd, n_embd)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def new_cache(self, batch: int, max_len: int, device: torch.device | str | None = None,
+                  dtype: torch.dtype | None = None) -> KVCache:
+        return KVCache(batch, self.n_head, self.head_dim, max_len, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:  # x: (B, T, C)
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).split(c, dim=2)  # 3 × (B, T, C)
+        q = q.view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k = k.view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        v = v.view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        p = self.dropout if self.training else 0.0
+        if cache is None or cache.len == 0:
+            if cache is not None:
+                cache.append(k, v)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, nh, T, hd)
+        else:
+            start = cache.len
+            k, v = cache.append(k, v)  # (B, nh, start+T, hd)
+            if t == 1:  # the one new position sees every position: no mask needed
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, nh, 1, hd)
+            else:  # new position i (absolute start+i) sees absolute positions ≤ start+i
+                mask = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(diagonal=start)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, nh, T, hd)
+        y = y.transpose(1, 2).reshape(b, t, c)  # (B, T, C)
+        return self.resid_dropout(self.proj(y))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm block: x + attn(ln(x)), then x + mlp(ln(x)) (GPT-2 ordering)."""
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(n_embd)
+        self.attn = SelfAttention(n_embd, n_head, dropout)
+        self.ln2 = nn.LayerNorm(n_embd)
+        self.mlp = MLP(n_embd, 4 * n_embd, dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:  # x: (B, T, C)
+        x = x + self.attn(self.ln1(x), cache)  # (B, T, C)
+        return x + self.mlp(self.ln2(x))  # (B, T, C)

@@ -1,0 +1,185 @@
+"""Stage 2 training: a GPT prior over pre-encoded token grids, in one readable loop.
+
+Reads token shards only (``vqgen encode`` made them); the image encoder never runs here. Reports the
+test negative log-likelihood in bits per token at the end (and every ``eval_every`` steps).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from ..data.tokens import TokenDataset, load_tokens
+from ..errors import ConfigError
+from ..prior.gpt import GPTPrior, PriorConfig
+from ..prior.presets import PRESETS as MODEL_PRESETS
+from .common import (LoopConfig, OptimConfig, RunDir, autocast, batch_indices, check_finite, make_optimizer,
+                     progress_bar, rng_state, set_rng_state, setup_distributed, summary_writer)
+
+
+@dataclass
+class PriorTrainConfig:
+    model: PriorConfig = field(default_factory=MODEL_PRESETS["tiny"])
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=6e-4, betas=(0.9, 0.95), weight_decay=0.01))
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    eval_every: int = 0            # test bits/token every N steps (0 = only at the end)
+    tokens: str = ""               # token directory; --tokens overrides
+
+
+@torch.inference_mode()
+def bits_per_token(model: GPTPrior, data: TokenDataset, batch_size: int = 256, device: str | torch.device = "cpu") -> float:
+    """Mean test NLL in bits per image token (the condition is given; no dropout)."""
+    was = model.training
+    model.eval()
+    total, n = 0.0, 0
+    for i in range(0, len(data), batch_size):
+        toks = data.tokens[i:i + batch_size].flatten(1).to(device)  # (b, HW)
+        cond = data.labels[i:i + batch_size].to(device) if (data.labels is not None and model.config.num_classes) else None
+        total += float(model.loss(toks, cond)) * toks.shape[0]
+        n += toks.shape[0]
+    model.train(was)
+    return total / n / math.log(2)
+
+
+def _check_match(cfg: PriorConfig, data: TokenDataset) -> None:
+    if tuple(cfg.grid) != data.grid or cfg.vocab_size != data.vocab_size:
+        raise ConfigError(f"prior expects grid {tuple(cfg.grid)} / vocabulary {cfg.vocab_size}, but the tokens are "
+                          f"grid {data.grid} / vocabulary {data.vocab_size}; set model.grid / model.vocab_size")
+    if cfg.num_classes and (data.labels is None or int(data.labels.max()) >= cfg.num_classes):
+        raise ConfigError(f"a class-conditional prior ({cfg.num_classes} classes) needs labelled tokens in range")
+
+
+def train_prior(cfg: PriorTrainConfig, out_dir: str | Path, tokens: str | None = None,
+                train_data: TokenDataset | None = None, test_data: TokenDataset | None = None,
+                progress: bool = True) -> tuple[GPTPrior, dict]:
+    """Train (or resume) a prior into ``out_dir``; returns (model on CPU, metrics)."""
+    if tokens:
+        cfg.tokens = tokens
+    run = RunDir(out_dir, cfg)
+    d = setup_distributed(cfg.loop.device)
+    ckpt = run.prepare(d.is_main)
+    if train_data is None:
+        if not cfg.tokens:
+            raise ConfigError("no token directory: pass --tokens TOKENS_DIR (made by `vqgen encode`)")
+        train_data = load_tokens(cfg.tokens, "train")
+        test_path = Path(cfg.tokens) / "test" / "done.json"
+        test_data = load_tokens(cfg.tokens, "test") if test_path.exists() else None
+    _check_match(cfg.model, train_data)
+    loop = cfg.loop
+    if loop.batch_size % (d.world * loop.grad_accum):
+        raise ConfigError(f"batch_size {loop.batch_size} must split over {d.world} ranks × {loop.grad_accum} micro-batches")
+
+    torch.manual_seed(loop.seed)
+    model = GPTPrior(cfg.model).to(d.device)
+    opt, sched = make_optimizer(model.parameters(), cfg.optim, loop.max_steps)
+    start = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"])
+        start = ckpt["step"]
+        if d.is_main:
+            print(f"resumed {run.path} from step {start}", flush=True)
+    # DDP all-reduces gradients of what runs through its forward(): run the loss (with condition
+    # dropout) inside it.
+    loss_fn = DDP(_Loss(model)) if d.world > 1 else _Loss(model)
+    conditional = cfg.model.num_classes > 0
+
+    def evaluate() -> dict:
+        return {"test_bits_per_token": bits_per_token(model, test_data, device=d.device)} if test_data is not None else {}
+
+    def save(step: int, metrics: dict) -> None:
+        if not d.is_main:
+            return
+        run.save({"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                  "scheduler": sched.state_dict(), "rng": rng_state()})
+        model.save_pretrained(run.path)
+        if metrics:
+            (run.path / "metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
+
+    writer = summary_writer(run.path, start if ckpt is not None else None, d.is_main)
+    bar = progress_bar(loop.max_steps, start, progress and d.is_main, "prior")
+    metrics: dict = {}
+    for step in range(start, loop.max_steps):
+        model.train()
+        idx = batch_indices(len(train_data), loop.batch_size, step, loop.seed, d.rank, d.world)
+        toks = train_data.tokens[idx].flatten(1).to(d.device)  # (b, HW)
+        cond = train_data.labels[idx].to(d.device) if conditional else None
+        opt.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for tm, cm in zip(toks.chunk(loop.grad_accum), cond.chunk(loop.grad_accum) if conditional else [None] * loop.grad_accum):
+            with autocast(d.device):
+                loss = loss_fn(tm, cm)
+            check_finite(loss.detach(), step, run.path)
+            (loss / loop.grad_accum).backward()
+            loss_sum += float(loss.detach()) / loop.grad_accum
+        if cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        opt.step()
+        sched.step()
+        done = step + 1
+        bar.update(1)
+        bar.set_postfix(bits=f"{loss_sum / math.log(2):.3f}")
+        if writer is not None and (done % loop.log_every == 0 or done == loop.max_steps):
+            writer.add_scalar("train/bits_per_token", loss_sum / math.log(2), done)
+            writer.add_scalar("train/lr", sched.get_last_lr()[0], done)
+        if cfg.eval_every and done % cfg.eval_every == 0 and done != loop.max_steps:
+            metrics = evaluate()
+            if writer is not None and metrics:
+                writer.add_scalar("test/bits_per_token", metrics["test_bits_per_token"], done)
+        if done == loop.max_steps:
+            metrics = evaluate()
+            if writer is not None and metrics:
+                writer.add_scalar("test/bits_per_token", metrics["test_bits_per_token"], done)
+        if done % loop.save_every == 0 or done == loop.max_steps:
+            save(done, metrics)
+    bar.close()
+    if writer is not None:
+        writer.close()
+    if start >= loop.max_steps and d.is_main:
+        print(f"{run.path} is already trained to step {start}", flush=True)
+        metrics = evaluate()
+    return model.cpu().eval(), metrics
+
+
+class _Loss(torch.nn.Module):
+    def __init__(self, model: GPTPrior):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        return self.model.loss(tokens, cond)
+
+
+# --- named presets --------------------------------------------------------------------------------
+
+def _tiny() -> PriorTrainConfig:
+    return PriorTrainConfig(model=MODEL_PRESETS["tiny"](), optim=OptimConfig(lr=3e-3, warmup_steps=5),
+                            loop=LoopConfig(batch_size=16, max_steps=20, save_every=10, log_every=5))
+
+
+def _fashion_mnist_class() -> PriorTrainConfig:
+    """Class-conditional prior on the fashion-mnist tokenizer's 8×8 tokens; ≤ 15 min on 2 CPU cores."""
+    return PriorTrainConfig(model=MODEL_PRESETS["fashion-mnist-class"](),
+                            optim=OptimConfig(lr=1e-3, betas=(0.9, 0.95), weight_decay=0.01, warmup_steps=200,
+                                              min_lr_ratio=0.1),
+                            loop=LoopConfig(batch_size=64, max_steps=3000, save_every=500, log_every=25))
+
+
+def _fashion_mnist_pixels() -> PriorTrainConfig:
+    """Image GPT baseline over 28×28 palette indices; the same transformer and trainer."""
+    cfg = _fashion_mnist_class()
+    cfg.model = MODEL_PRESETS["fashion-mnist-pixels"]()
+    return cfg
+
+
+PRIOR_PRESETS = {
+    "tiny": _tiny,
+    "fashion-mnist-class": _fashion_mnist_class,
+    "fashion-mnist-pixels": _fashion_mnist_pixels,
+}
