@@ -45,3 +45,47 @@ def write_result(name: str, result: dict, out: str | None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text + "\n")
     print(json.dumps(result))
+
+
+# --- shared prerequisites: each is made once under runs/ and reused by later benchmarks ----------
+
+RUNS = REPO / "runs"
+
+
+def ensure_tokenizer(progress: bool = False) -> Path:
+    """The `fashion-mnist` tokenizer preset trained on the train split (reused if finished)."""
+    from vqgen.train.tokenizer import TOKENIZER_PRESETS, train_tokenizer
+    out = RUNS / "bench-tokenizer" / "fashion-mnist"
+    train_tokenizer(TOKENIZER_PRESETS["fashion-mnist"](), out, data=fmnist_spec(), progress=progress)
+    return out
+
+
+def ensure_judge(progress: bool = False) -> Path:
+    """The judge classifier (`fashion-mnist` classifier preset), trained once."""
+    from vqgen.train.classifier import CLASSIFIER_PRESETS, train_classifier
+    out = RUNS / "bench-judge"
+    if not (out / "model.safetensors").exists():
+        train_classifier(CLASSIFIER_PRESETS["fashion-mnist"](), fmnist_spec(), out, progress=progress)
+    return out
+
+
+def ensure_tokens(progress: bool = False) -> Path:
+    from vqgen.prior.codec import TokenizerCodec, encode_dataset
+    from vqgen.tokenizer.vqgan import VQTokenizer
+    tok = ensure_tokenizer(progress)
+    out = RUNS / "bench-tokens"
+    encode_dataset(TokenizerCodec(VQTokenizer.from_pretrained(tok), str(tok)), fmnist_spec(), out, progress=progress)
+    return out
+
+
+def ensure_pixel_tokens(k: int = 16, progress: bool = False) -> Path:
+    from vqgen.data import load_images
+    from vqgen.prior.codec import PaletteCodec, encode_dataset
+    from vqgen.prior.pixels import fit_palette, load_palette
+    out = RUNS / "bench-pixels"
+    if (out / "palette.safetensors").exists():
+        palette = load_palette(out / "palette.safetensors")
+    else:
+        palette = fit_palette(load_images(fmnist_spec(), "train", 28, 1, progress=False).images, k, seed=0)
+    encode_dataset(PaletteCodec(palette, 28), fmnist_spec(), out, progress=progress)
+    return out

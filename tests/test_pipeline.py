@@ -149,3 +149,24 @@ def test_pixel_codec_roundtrip_and_encode(tmp_path):
 def test_encode_needs_exactly_one_codec(tmp_path, capsys):
     assert main(["encode", "--data", "folder:x", "--out", str(tmp_path / "o")]) == 2
     assert "exactly one" in capsys.readouterr().err
+
+
+def test_evaluate_prior_reports_judge_metrics(tmp_path):
+    """eval prior on a Fashion-MNIST-format dataset (tiny IDX files) with an untrained tiny judge."""
+    from test_data import make_fmnist
+    from vqgen.eval.judge import JudgeClassifier, JudgeConfig
+    from vqgen.eval.prior import evaluate_prior
+    from vqgen.prior.generate import load_prior_run
+    make_fmnist(tmp_path / "fm", n_train=40, n_test=12)
+    spec = f"fashion-mnist:{tmp_path / 'fm'}"
+    tok = VQTokenizer(apply_overrides(TOKENIZER_PRESETS["tiny"](), ["model.autoencoder.resolution=32"]).model)
+    tok.save_pretrained(tmp_path / "tok")
+    encode_dataset(TokenizerCodec(tok.eval(), str(tmp_path / "tok")), spec, tmp_path / "toks", progress=False)
+    cfg = apply_overrides(PRIOR_PRESETS["tiny"](), ["model.vocab_size=32", "model.grid=[8, 8]", "model.num_classes=10",
+                                                    "loop.max_steps=2"])
+    train_prior(cfg, tmp_path / "prior", tokens=str(tmp_path / "toks"), progress=False)
+    judge = JudgeClassifier(JudgeConfig(widths=(8, 16), blocks=(1, 1), feature_dim=8, norm_groups=4)).eval()
+    m = evaluate_prior(load_prior_run(tmp_path / "prior"), judge, n_per_class=2, guidance_scale=2.0)
+    assert {"test_bits_per_token", "judge_accuracy", "fd", "samples_per_s", "fd_reconstructions"} <= set(m)
+    assert m["n_samples"] == 20 and 0 <= m["judge_accuracy"] <= 1 and m["fd"] >= 0 and m["samples_per_s"] > 0
+    assert "not Inception" in m["fd_note"]

@@ -93,15 +93,26 @@ def test_training_improves_reconstruction(tmp_path):
     assert 0 < after["codebook_usage"] <= 1 and after["n_images"] == 64
 
 
-def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, monkeypatch):
+    """The gradient of one step equals the mean over its micro-batches (compared before AdamW, whose
+    first step ~ lr·sign(g) would blow rounding differences of near-zero gradients up)."""
+    real_clip = torch.nn.utils.clip_grad_norm_
+    grads = []
+
+    def capture(params, max_norm):
+        params = list(params)
+        grads.append([p.grad.clone() for p in params])
+        return real_clip(params, max_norm)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", capture)
     data = synthetic_images(32)
     plain = ["model.quantizer.ema_decay=null", "model.quantizer.kmeans_init=false",
              "model.quantizer.dead_code_threshold=0.0", "loop.max_steps=1"]
-    a = train_tokenizer(tiny_cfg(*plain), tmp_path / "a", train_data=data, progress=False)
-    b = train_tokenizer(tiny_cfg(*plain, "loop.grad_accum=2"), tmp_path / "b", train_data=data, progress=False)
-    # Parameters match; running code statistics are per micro-batch and are not compared.
-    for (n, p), q in zip(a.named_parameters(), b.parameters()):
-        assert torch.allclose(p, q, atol=1e-5), n
+    train_tokenizer(tiny_cfg(*plain), tmp_path / "a", train_data=data, progress=False)
+    train_tokenizer(tiny_cfg(*plain, "loop.grad_accum=2"), tmp_path / "b", train_data=data, progress=False)
+    assert len(grads) == 2
+    for ga, gb in zip(*grads):
+        assert torch.allclose(ga, gb, rtol=1e-4, atol=1e-7)
 
 
 def test_gan_and_lpips_terms_train_the_discriminator(tmp_path):
