@@ -61,8 +61,8 @@ def test_shapes_and_range():
     assert full_res(torch.zeros(2, 1, 16, 16)).shape == (2, 10)
     u8 = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1)
     assert to_model_range(u8).flatten().tolist() == [-1.0, 1.0]
-    with pytest.raises(TypeError):
-        to_model_range(x)
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        to_model_range(x * 10 + 5)
     with pytest.raises(ValueError, match="expects"):
         judge(torch.zeros(1, 3, 32, 32))
 

@@ -23,16 +23,10 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..hub import load_pretrained, save_pretrained
+from ..images import to_model_range  # noqa: F401  (re-exported: callers turn uint8 batches into model input)
 from ..layers import Downsample, ResnetBlock, group_norm
 
 KIND = "judge"
-
-
-def to_model_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images in [0, 255] -> float32 in [-1, 1] (same shape, same device)."""
-    if images.dtype != torch.uint8:
-        raise TypeError(f"expected uint8 images, got {images.dtype}")
-    return images.float().div_(127.5).sub_(1.0)
 
 
 @dataclass

@@ -1,0 +1,137 @@
+"""Render docs/benchmarks.md from the JSON files in benchmarks/results/ (so the doc never holds a
+number that no command produced).
+
+    python benchmarks/report.py
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, RESULTS  # noqa: E402
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def f(x, nd=2) -> str:
+    return f"{x:.{nd}f}" if isinstance(x, (int, float)) else str(x)
+
+
+def machine_line(r: dict) -> str:
+    m = r["machine"]
+    return f"Machine: {m['processor']}, {m['torch_threads']} torch threads, torch {m['torch']}, {m['platform']}."
+
+
+def tokenizer_section(lines: list[str]) -> None:
+    r = load("tokenizer")
+    if not r:
+        return
+    lines += ["## Stage 1: tokenizer quality (Fashion-MNIST test split)", "",
+              f"Command: `{r['command']}`  ", machine_line(r) + "  ", f"Data: `{r['data']}` — {r['note']}.", "",
+              "PSNR on 8-bit images (data range 255, mean over images), SSIM (torchmetrics), codebook usage = share of "
+              "the 512 codes used on the 10 000 test images, perplexity of the test code histogram.", "",
+              "| preset | quantizer | PSNR dB | SSIM | usage | perplexity | steps × batch | train s |",
+              "|---|---|---|---|---|---|---|---|"]
+    desc = {"fashion-mnist": "EMA, k-means init, dead-code restart, l2 16-d codes",
+            "fashion-mnist-plain": "taming-style: codebook loss, none of the above"}
+    for k in ("fashion-mnist", "fashion-mnist-plain"):
+        if k in r:
+            m = r[k]
+            lines.append(f"| `{k}` | {desc[k]} | {f(m['psnr'])} | {f(m['ssim'], 3)} | {f(100 * m['codebook_usage'], 1)} % "
+                         f"| {f(m['perplexity'], 1)} | {m['steps']} × {m['batch_size']} | {f(m['train_seconds'], 0)} |")
+    lines += ["", "![reconstructions](images/reconstructions.png)", ""]
+
+
+def folder_section(lines: list[str]) -> None:
+    r = load("folder_tokenizer")
+    if not r:
+        return
+    lines += ["## Stage 1 on someone else's images (`folder:`)", "",
+              f"Command: `{r['command']}`  ", machine_line(r) + "  ", f"Data: {r['data']} ({r['n_train']} training crops).", "",
+              "| preset | PSNR dB | SSIM | usage | perplexity | held-out images | train s |", "|---|---|---|---|---|---|---|",
+              f"| `{r['preset']}` (unchanged) | {f(r['psnr'])} | {f(r['ssim'], 3)} | {f(100 * r['codebook_usage'], 1)} % | "
+              f"{f(r['perplexity'], 1)} | {r['n_images']} | {f(r['train_seconds'], 0)} |", ""]
+
+
+def throughput_section(lines: list[str]) -> None:
+    r = load("throughput")
+    if not r:
+        return
+    lines += ["## Stage 1 training throughput", "", f"Command: `{r['command']}`  ", machine_line(r) + "  ",
+              f"Large fp32 matmul (2048³) in the same run: {f(r['matmul_peak_gflops'], 1)} GFLOP/s. FLOPs counted by "
+              "`torch.utils.flop_counter` (forward + backward, convolutions and matmuls).", "",
+              "| preset | resolution | batch | params M | GFLOP/image | s/step | images/s | GFLOP/s | of matmul peak |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        lines.append(f"| `{row['preset']}` | {row['resolution']} | {row['batch']} | {row['params_M']} | {row['gflop_per_image']} "
+                     f"| {row['seconds_per_step']} | {row['images_per_s']} | {row['achieved_gflops']} | "
+                     f"{f(100 * row['fraction_of_matmul_peak'], 1)} % |")
+    lines.append("")
+
+
+def sampling_section(lines: list[str]) -> None:
+    r = load("sampling")
+    if not r:
+        return
+    lines += ["## Stage 2 sampling speed", "", f"Command: `{r.get('command', 'python benchmarks/sampling.py --json')}`  ",
+              f"Machine: {r.get('machine')}, {r.get('torch_threads')} torch threads.", "",
+              f"`{r.get('preset')}` shape, batch {r['batch']}, sequence {r['seq_len']} (condition + 64 tokens):", "",
+              "| sampler | tokens/s | vs KV cache |", "|---|---|---|",
+              f"| vqgen, KV cache | {f(r['kv_tokens_per_s'], 0)} | 1.00× |",
+              f"| vqgen, naive (recompute the sequence) | {f(r['naive_tokens_per_s'], 0)} | "
+              f"{f(r['naive_tokens_per_s'] / r['kv_tokens_per_s'])}× |",
+              f"| Hugging Face GPT-2 `generate` (same shape) | {f(r['hf_tokens_per_s'], 0)} | "
+              f"{f(r['hf_tokens_per_s'] / r['kv_tokens_per_s'])}× |", "",
+              f"KV-cached sampler: {f(r['kv_gflops'], 1)} GFLOP/s against a {f(r['peak_gflops'], 1)} GFLOP/s fp32 matmul "
+              "measured in the same run.", ""]
+
+
+def prior_sections(lines: list[str]) -> None:
+    r = load("vq_vs_pixels")
+    if r:
+        lines += ["## Stage 2: VQ prior vs pixel GPT at equal wall-clock", "", f"Command: `{r['command']}`  ",
+                  machine_line(r) + "  ", f"{r['note']}.", "",
+                  "| model | train s | steps | test bits/token | judge accuracy | judge FD | samples/s |",
+                  "|---|---|---|---|---|---|---|"]
+        for k, label in (("vq", "VQ prior (8×8 tokens)"), ("pixel", "pixel GPT (28×28, 16 levels)")):
+            m = r[k]
+            lines.append(f"| {label} | {f(m['train_seconds'], 0)} | {m['steps']} | {f(m['test_bits_per_token'], 3)} | "
+                         f"{f(100 * m['judge_accuracy'], 1)} % | {f(m['fd'], 2)} | {f(m['samples_per_s'], 1)} |")
+        lines += ["", f"Judge FD of codec reconstructions of test images (the floor): VQ {f(r['vq']['fd_reconstructions'])}, "
+                  f"pixel palette {f(r['pixel']['fd_reconstructions'])}.", ""]
+    g = load("prior_guidance")
+    if g:
+        lines += ["## Stage 2: classifier-free guidance (class-conditional VQ prior)", "", f"Command: `{g['command']}`  ",
+                  machine_line(g) + "  ", f"{g['note']}. Test bits/token {f(g['test_bits_per_token'], 3)}; "
+                  f"judge FD floor (reconstructions) {f(g['fd_reconstructions'])}.", "",
+                  "| guidance scale | judge accuracy | judge FD | samples/s |", "|---|---|---|---|"]
+        for row in g["rows"]:
+            lines.append(f"| {row['guidance_scale']:g} | {f(100 * row['judge_accuracy'], 1)} % | {f(row['fd'])} | "
+                         f"{f(row['samples_per_s'], 1)} |")
+        lines += ["", "![samples, one row per class](images/samples.png)", ""]
+    j = load("judge")
+    if j:
+        lines += ["## The judge classifier", "", f"Command: `{j['command']}`  ", f"Test accuracy {f(100 * j['accuracy'], 2)} % "
+                  f"on {j['n_images']} test images (re-split copy).", ""]
+
+
+def main() -> None:
+    lines = ["# Benchmarks", "",
+             "Rendered by `python benchmarks/report.py` from `benchmarks/results/*.json`; each section names the command "
+             "that produced it. Fashion-MNIST here is the re-split copy in `../shared/data/fashion-mnist` (60 000 train / "
+             "10 000 test, **not the official test split**), so numbers are not comparable with published ones. "
+             "Timings are from a shared 2-core CPU and are noisy; compare ratios within one run.", ""]
+    for section in (tokenizer_section, folder_section, throughput_section, prior_sections, sampling_section):
+        section(lines)
+    out = REPO / "docs" / "benchmarks.md"
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
