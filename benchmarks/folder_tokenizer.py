@@ -9,9 +9,7 @@ Crops from the left three quarters of each photo train; crops from the right qua
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ from common import REPO, machine, write_result  # noqa: E402
 from vqgen.config import apply_overrides  # noqa: E402
 from vqgen.data import load_images  # noqa: E402
 from vqgen.eval.tokenizer import evaluate_tokenizer  # noqa: E402
+from vqgen.train.common import train_seconds  # noqa: E402
 from vqgen.train.tokenizer import TOKENIZER_PRESETS, train_tokenizer  # noqa: E402
 
 PHOTOS = ["astronaut", "brick", "camera", "cell", "chelsea", "coffee", "coins", "grass", "gravel", "horse",
@@ -70,9 +69,8 @@ def main() -> None:
     ae = cfg.model.autoencoder
     train = load_images(f"folder:{train_dir}", "train", ae.resolution, ae.in_channels, progress=False)
     test = load_images(f"folder:{test_dir}", "test", ae.resolution, ae.in_channels, progress=False)
-    t = time.perf_counter()
     model = train_tokenizer(cfg, runs / "run", train_data=train, progress=sys.stderr.isatty())
-    seconds = time.perf_counter() - t
+    seconds = train_seconds(runs / "run")
     metrics = evaluate_tokenizer(model, test)
     write_result("folder_tokenizer", {
         "data": "crops of scikit-image's sample photos (folder:), held-out right quarter of each photo",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,14 +21,14 @@ from vqgen.config import apply_overrides  # noqa: E402
 from vqgen.data import load_images  # noqa: E402
 from vqgen.eval.tokenizer import evaluate_tokenizer  # noqa: E402
 from vqgen.images import save_grid, to_uint8  # noqa: E402
+from vqgen.train.common import train_seconds  # noqa: E402
 from vqgen.train.tokenizer import TOKENIZER_PRESETS, train_tokenizer  # noqa: E402
 
 
 def run(preset: str, out: Path, train, test, overrides: list[str]) -> dict:
     cfg = apply_overrides(TOKENIZER_PRESETS[preset](), overrides)
-    t = time.perf_counter()
     model = train_tokenizer(cfg, out, train_data=train, progress=sys.stderr.isatty())
-    seconds = time.perf_counter() - t
+    seconds = train_seconds(out)  # recorded by the run itself (a finished run is reused, not retrained)
     metrics = evaluate_tokenizer(model, test)
     return {"preset": preset, "train_seconds": round(seconds, 1), "steps": cfg.loop.max_steps,
             "batch_size": cfg.loop.batch_size, **metrics}, model
@@ -41,6 +40,7 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int)
     ap.add_argument("--runs", default=str(REPO / "runs" / "bench-tokenizer"))
     ap.add_argument("--presets", default="fashion-mnist,fashion-mnist-plain")
+    ap.add_argument("--note", default="", help="free text stored in the JSON (e.g. how a reused run was made)")
     ap.add_argument("--out")
     args = ap.parse_args()
     spec = fmnist_spec()
@@ -48,7 +48,7 @@ def main() -> None:
     test = load_images(spec, "test", 32, 1, progress=False)
     overrides = [f"loop.max_steps={args.max_steps}"] if args.max_steps else []
     result = {"data": spec, "note": "Fashion-MNIST re-split copy; not the official test split",
-              "machine": machine(), "command": " ".join(["python"] + sys.argv)}
+              "machine": machine(), "command": " ".join(["python"] + sys.argv), "run_note": args.note}
     for preset in args.presets.split(","):
         out = Path(args.runs) / preset
         metrics, model = run(preset, out, train, test, overrides)

@@ -25,6 +25,7 @@ from vqgen.data.tokens import load_tokens  # noqa: E402
 from vqgen.eval.judge import JudgeClassifier  # noqa: E402
 from vqgen.eval.prior import evaluate_prior  # noqa: E402
 from vqgen.prior.generate import load_prior_run  # noqa: E402
+from vqgen.train.common import train_seconds  # noqa: E402
 from vqgen.train.prior import PRIOR_PRESETS, train_prior  # noqa: E402
 
 
@@ -55,18 +56,16 @@ def main() -> None:
     judge = JudgeClassifier.from_pretrained(judge_dir)
 
     vq_dir = RUNS / "bench-prior" / "vq"
-    t = time.perf_counter()
     train_prior(PRIOR_PRESETS["fashion-mnist-class"](), vq_dir, tokens=str(vq_tokens), progress=sys.stderr.isatty())
-    vq_seconds = time.perf_counter() - t
+    vq_seconds = train_seconds(vq_dir)
 
     px_step = seconds_per_step("fashion-mnist-pixels", px_tokens)
     px_steps = max(1, int(vq_seconds / px_step))
     px_cfg = apply_overrides(PRIOR_PRESETS["fashion-mnist-pixels"](),
                              [f"loop.max_steps={px_steps}", f"loop.save_every={px_steps}",
                               f"optim.warmup_steps={max(1, px_steps // 10)}"])
-    t = time.perf_counter()
     train_prior(px_cfg, RUNS / "bench-prior" / "pixels", tokens=str(px_tokens), progress=sys.stderr.isatty())
-    px_seconds = time.perf_counter() - t
+    px_seconds = train_seconds(RUNS / "bench-prior" / "pixels")
 
     result = {"train_seconds": round(vq_seconds, 1), "machine": machine(),
               "command": " ".join(["python"] + sys.argv),

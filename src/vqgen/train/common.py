@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,3 +199,20 @@ def summary_writer(run_dir: Path, purge_step: int | None, enabled: bool):
         return None
     from torch.utils.tensorboard import SummaryWriter
     return SummaryWriter(str(run_dir / "logs"), purge_step=purge_step)
+
+
+class Stopwatch:
+    """Training wall-clock time, carried across resumes in the checkpoint (``"seconds"``)."""
+
+    def __init__(self, carried: float = 0.0):
+        self.carried = carried
+        self.started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self.carried + time.perf_counter() - self.started
+
+
+def train_seconds(run_dir: str | Path) -> float:
+    """Wall-clock training seconds recorded in a run's last checkpoint (all resumes together)."""
+    ckpt = torch.load(Path(run_dir) / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    return float(ckpt["seconds"])
