@@ -172,7 +172,22 @@ class RunDir:
             return torch.load(self.ckpt, map_location="cpu", weights_only=True)
         return None
 
-    def save(self, state: dict) -> None:
+    def restore(self, ckpt: dict | None, parts: dict[str, Any], announce: bool) -> tuple[int, "Stopwatch"]:
+        """Load every part (model, optimisers, schedulers: anything with load_state_dict) and the RNG
+        from ``ckpt``; return the step to start from and the training clock."""
+        if ckpt is None:
+            return 0, Stopwatch()
+        for key, part in parts.items():
+            part.load_state_dict(ckpt[key])
+        set_rng_state(ckpt["rng"])
+        if announce:
+            print(f"resumed {self.path} from step {ckpt['step']}", flush=True)
+        return ckpt["step"], Stopwatch(ckpt.get("seconds", 0.0))
+
+    def save(self, step: int, clock: "Stopwatch", parts: dict[str, Any]) -> None:
+        """Checkpoint after ``step``: every part's state, the RNG and the training time, atomically."""
+        state = {"step": step, "seconds": clock.elapsed(), "rng": rng_state(),
+                 **{key: part.state_dict() for key, part in parts.items()}}
         atomic_write_bytes(self.ckpt, lambda p: torch.save(state, p))
 
 

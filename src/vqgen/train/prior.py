@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from ..prior.gpt import GPTPrior, PriorConfig
 from ..prior.presets import PRESETS as MODEL_PRESETS
 from .common import (LoopConfig, OptimConfig, RunDir, autocast, batch_indices, check_finite, make_optimizer,
-                     progress_bar, rng_state, set_rng_state, setup_distributed, summary_writer, Stopwatch)
+                     progress_bar, setup_distributed, summary_writer)
 
 
 @dataclass
@@ -76,17 +76,8 @@ def train_prior(cfg: PriorTrainConfig, out_dir: str | Path, tokens: str | None =
     torch.manual_seed(loop.seed)
     model = GPTPrior(cfg.model).to(d.device)
     opt, sched = make_optimizer(model.parameters(), cfg.optim, loop.max_steps)
-    start = 0
-    clock = Stopwatch()
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"])
-        start = ckpt["step"]
-        clock = Stopwatch(ckpt.get("seconds", 0.0))
-        if d.is_main:
-            print(f"resumed {run.path} from step {start}", flush=True)
+    parts = {"model": model, "optimizer": opt, "scheduler": sched}
+    start, clock = run.restore(ckpt, parts, announce=d.is_main)
     # DDP all-reduces gradients of what runs through its forward(): run the loss (with condition
     # dropout) inside it.
     loss_fn = DDP(_Loss(model)) if d.world > 1 else _Loss(model)
@@ -98,8 +89,7 @@ def train_prior(cfg: PriorTrainConfig, out_dir: str | Path, tokens: str | None =
     def save(step: int, metrics: dict) -> None:
         if not d.is_main:
             return
-        run.save({"step": step, "seconds": clock.elapsed(), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                  "scheduler": sched.state_dict(), "rng": rng_state()})
+        run.save(step, clock, parts)
         model.save_pretrained(run.path)
         if metrics:
             (run.path / "metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=2))

@@ -21,7 +21,7 @@ from ..tokenizer.discriminator import PatchDiscriminator
 from ..tokenizer.losses import adaptive_weight, generator_adv_loss, hinge_d_loss, reconstruction_loss
 from ..tokenizer.vqgan import TokenizerConfig, VQTokenizer
 from .common import (LoopConfig, OptimConfig, RunDir, autocast, batch_indices, check_finite, make_optimizer,
-                     progress_bar, rng_state, set_rng_state, setup_distributed, summary_writer, Stopwatch)
+                     progress_bar, setup_distributed, summary_writer)
 
 
 @dataclass
@@ -92,32 +92,17 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out_dir: str | Path, data: str | 
         from ..tokenizer.lpips import LPIPS
         lpips = LPIPS.from_files(cfg.loss.lpips_vgg, cfg.loss.lpips_lin).to(d.device)
 
-    start = 0
-    clock = Stopwatch()
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        if disc is not None:
-            disc.load_state_dict(ckpt["disc"])
-            d_opt.load_state_dict(ckpt["disc_optimizer"])
-            d_sched.load_state_dict(ckpt["disc_scheduler"])
-        set_rng_state(ckpt["rng"])
-        start = ckpt["step"]
-        clock = Stopwatch(ckpt.get("seconds", 0.0))
-        if d.is_main:
-            print(f"resumed {run.path} from step {start}", flush=True)
+    parts = {"model": model, "optimizer": opt, "scheduler": sched}
+    if disc is not None:
+        parts.update(disc=disc, disc_optimizer=d_opt, disc_scheduler=d_sched)
+    start, clock = run.restore(ckpt, parts, announce=d.is_main)
     ddp_model = DDP(model) if d.world > 1 else model
     ddp_disc = DDP(disc) if (disc is not None and d.world > 1) else disc
 
     def save(step: int) -> None:
         if not d.is_main:
             return
-        state = {"step": step, "seconds": clock.elapsed(), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                 "scheduler": sched.state_dict(), "rng": rng_state()}
-        if disc is not None:
-            state.update(disc=disc.state_dict(), disc_optimizer=d_opt.state_dict(), disc_scheduler=d_sched.state_dict())
-        run.save(state)
+        run.save(step, clock, parts)
         model.save_pretrained(run.path)
 
     writer = summary_writer(run.path, start if ckpt is not None else None, d.is_main)
