@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..hub import atomic_write_bytes
+from ..kmeans import kmeans
 
 PALETTE_KEY = "palette"
 
@@ -67,23 +68,7 @@ def fit_palette(images: torch.Tensor, k: int, seed: int = 0, max_pixels: int = 2
     if distinct < k:
         raise ValueError(f"cannot fit {k} palette colours: the (sampled) pixels have only {distinct} distinct colours")
 
-    # k-means++: first centre uniformly, then each next one with probability ∝ squared distance
-    centers = x[torch.randint(x.shape[0], (1,), generator=g)]  # (1, C)
-    d2 = _sq_dists(x, centers)[:, 0]  # (P,)
-    for _ in range(1, k):
-        nxt = torch.multinomial(d2 / d2.sum(), 1, generator=g)  # (1,)
-        centers = torch.cat([centers, x[nxt]])  # (j+1, C)
-        d2 = torch.minimum(d2, _sq_dists(x, x[nxt])[:, 0])  # (P,)
-
-    for _ in range(iters):  # Lloyd
-        assign = _nearest(x, centers)  # (P,)
-        sums = torch.zeros_like(centers).index_add_(0, assign, x)  # (k, C)
-        counts = torch.bincount(assign, minlength=k).to(x.dtype)  # (k,)
-        new = sums / counts.clamp(min=1)[:, None]  # (k, C)
-        new = torch.where(counts[:, None] > 0, new, centers)
-        if torch.equal(new, centers):
-            break
-        centers = new
+    centers = kmeans(x, k, iters, generator=g)  # (k, C)
     centers = centers[centers.mean(dim=1).argsort(stable=True)]  # dark → bright
     return centers.float().to(images.device)
 
