@@ -17,8 +17,9 @@ a custom module it runs the module as-is (no eval mode, no uint8 -> float conver
 module has ``num_features`` or ``input_img_size`` is given, accumulates covariances as
 sum(x xᵀ) - N mu muᵀ, and casts the result back to the features' float32.
 
-Standard Inception FID is not offered: torchmetrics' Inception extractor needs torch-fidelity (and
-torchvision's weights loader), which this project does not depend on.
+Standard Inception FID uses the same distance on the features of ``vqgen.eval.inception`` (the FID
+Inception-v3 defined in this project, weights supplied by path); torchmetrics' own Inception
+extractor would need torch-fidelity and torchvision, which this project does not depend on.
 """
 from __future__ import annotations
 

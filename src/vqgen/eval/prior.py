@@ -7,6 +7,9 @@
 * ``fd_reconstructions``: the same FD for codec reconstructions of the test images: the floor a prior
   can reach with this tokenizer (or palette).
 * ``samples_per_s``: images per second, sampling + decoding, batch of ``batch_size``.
+* ``fid_inception`` (only when ``inception`` is given, see ``vqgen.eval.inception``): standard FID,
+  Inception-v3 pool3 features of the samples vs the first ``n_reference`` test images, both at the
+  codec's resolution and channels (upsampled to 299×299 by the network).
 """
 from __future__ import annotations
 
@@ -20,12 +23,14 @@ from ..prior.generate import PriorRun, generate
 from ..train.prior import bits_per_token
 from .classifier import judge_predictions
 from .fd import frechet_distance
+from .inception import InceptionFeatures, inception_fid
 from .judge import JudgeClassifier
 
 
 def evaluate_prior(run: PriorRun, judge: JudgeClassifier, n_per_class: int = 100, guidance_scale: float = 1.0,
                    temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                   seed: int = 0, batch_size: int = 100, n_reference: int = 10000) -> dict:
+                   seed: int = 0, batch_size: int = 100, n_reference: int = 10000,
+                   inception: InceptionFeatures | None = None) -> dict:
     prior, codec = run.prior, run.codec
     test_tokens = load_tokens(run.tokens_dir, "test")
     num_classes = prior.config.num_classes
@@ -48,6 +53,8 @@ def evaluate_prior(run: PriorRun, judge: JudgeClassifier, n_per_class: int = 100
     out = {"test_bits_per_token": bits_per_token(prior, test_tokens), "fd": frechet_distance(feats, ref_feats),
            "fd_reconstructions": frechet_distance(recon_feats, ref_feats), "samples_per_s": n / seconds,
            "n_samples": n, "guidance_scale": guidance_scale, "fd_note": "judge-classifier FD, not Inception FID"}
+    if inception is not None:
+        out["fid_inception"] = inception_fid(samples, codec_test.images[:n_reference], inception)
     if num_classes:
         out["judge_accuracy"] = float((pred.cpu() == cond).float().mean())
     return out
