@@ -11,6 +11,7 @@ samples, judge FD against test images (NOT Inception FID), and samples/s.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -49,6 +50,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--n-per-class", type=int, default=100)
+    ap.add_argument("--n-test-grids", type=int, help="test NLL on the first N test grids only")
     ap.add_argument("--out")
     args = ap.parse_args()
     judge_dir = ensure_judge()
@@ -59,8 +61,11 @@ def main() -> None:
     train_prior(PRIOR_PRESETS["fashion-mnist-class"](), vq_dir, tokens=str(vq_tokens), progress=sys.stderr.isatty())
     vq_seconds = train_seconds(vq_dir)
 
-    px_step = seconds_per_step("fashion-mnist-pixels", px_tokens)
-    px_steps = max(1, int(vq_seconds / px_step))
+    px_dir = RUNS / "bench-prior" / "pixels"
+    if (px_dir / "checkpoints" / "last.pt").exists():  # finished earlier: keep its step count
+        px_steps = json.loads((px_dir / "train_config.json").read_text())["loop"]["max_steps"]
+    else:
+        px_steps = max(1, int(vq_seconds / seconds_per_step("fashion-mnist-pixels", px_tokens)))
     px_cfg = apply_overrides(PRIOR_PRESETS["fashion-mnist-pixels"](),
                              [f"loop.max_steps={px_steps}", f"loop.save_every={px_steps}",
                               f"optim.warmup_steps={max(1, px_steps // 10)}"])
@@ -72,9 +77,11 @@ def main() -> None:
               "note": "FD is the judge classifier's Fréchet distance, not Inception FID; Fashion-MNIST re-split copy"}
     for name, run_dir, seconds, steps in [("vq", vq_dir, vq_seconds, PRIOR_PRESETS["fashion-mnist-class"]().loop.max_steps),
                                           ("pixel", RUNS / "bench-prior" / "pixels", px_seconds, px_steps)]:
-        m = evaluate_prior(load_prior_run(run_dir), judge, n_per_class=args.n_per_class)
+        m = evaluate_prior(load_prior_run(run_dir), judge, n_per_class=args.n_per_class,
+                           n_test_grids=args.n_test_grids)
         result[name] = {"fd": m["fd"], "judge_accuracy": m["judge_accuracy"], "samples_per_s": m["samples_per_s"],
-                        "test_bits_per_token": m["test_bits_per_token"], "fd_reconstructions": m["fd_reconstructions"],
+                        "test_bits_per_token": m["test_bits_per_token"], "n_test_grids": m["n_test_grids"],
+                        "n_samples": m["n_samples"], "fd_reconstructions": m["fd_reconstructions"],
                         "train_seconds": round(seconds, 1), "steps": steps}
     write_result("vq_vs_pixels", result, args.out)
 

@@ -29,10 +29,14 @@ from .judge import JudgeClassifier
 
 def evaluate_prior(run: PriorRun, judge: JudgeClassifier, n_per_class: int = 100, guidance_scale: float = 1.0,
                    temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                   seed: int = 0, batch_size: int = 100, n_reference: int = 10000,
+                   seed: int = 0, batch_size: int = 100, n_reference: int = 10000, n_test_grids: int | None = None,
                    inception: InceptionFeatures | None = None) -> dict:
     prior, codec = run.prior, run.codec
     test_tokens = load_tokens(run.tokens_dir, "test")
+    bits_data = test_tokens
+    if n_test_grids is not None:  # NLL on the first n test grids (pixel GPT NLL over 10 000 × 784 is slow on a CPU)
+        bits_data = type(test_tokens)(test_tokens.tokens[:n_test_grids],
+                                      None if test_tokens.labels is None else test_tokens.labels[:n_test_grids], test_tokens.meta)
     num_classes = prior.config.num_classes
     classes = num_classes if num_classes else 1
     n = n_per_class * classes
@@ -50,7 +54,7 @@ def evaluate_prior(run: PriorRun, judge: JudgeClassifier, n_per_class: int = 100
     recon = torch.cat([codec.decode(codec.encode(codec_test.images[i:i + 500]))
                        for i in range(0, min(n_reference, len(codec_test)), 500)])
     _, recon_feats = judge_predictions(judge, _to_judge(recon, judge))
-    out = {"test_bits_per_token": bits_per_token(prior, test_tokens), "fd": frechet_distance(feats, ref_feats),
+    out = {"test_bits_per_token": bits_per_token(prior, bits_data), "n_test_grids": len(bits_data), "fd": frechet_distance(feats, ref_feats),
            "fd_reconstructions": frechet_distance(recon_feats, ref_feats), "samples_per_s": n / seconds,
            "n_samples": n, "guidance_scale": guidance_scale, "fd_note": "judge-classifier FD, not Inception FID"}
     if inception is not None:
