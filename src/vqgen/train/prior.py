@@ -135,7 +135,8 @@ def train_prior(cfg: PriorTrainConfig, out_dir: str | Path, tokens: str | None =
         writer.close()
     if start >= loop.max_steps and d.is_main:
         print(f"{run.path} is already trained to step {start}", flush=True)
-        metrics = evaluate()
+        saved = run.path / "metrics.json"  # what the finished run measured; not recomputed
+        metrics = json.loads(saved.read_text()) if saved.exists() else {}
     return model.cpu().eval(), metrics
 
 
