@@ -15,7 +15,7 @@ import json
 import math
 import os
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -225,6 +225,13 @@ class Stopwatch:
 
     def elapsed(self) -> float:
         return self.carried + time.perf_counter() - self.started
+
+    @contextmanager
+    def paused(self):
+        """Time spent inside (evaluation) does not count as training time."""
+        t = time.perf_counter()
+        yield
+        self.carried -= time.perf_counter() - t
 
 
 def train_seconds(run_dir: str | Path) -> float:

@@ -121,11 +121,13 @@ def train_prior(cfg: PriorTrainConfig, out_dir: str | Path, tokens: str | None =
             writer.add_scalar("train/bits_per_token", loss_sum / math.log(2), done)
             writer.add_scalar("train/lr", sched.get_last_lr()[0], done)
         if cfg.eval_every and done % cfg.eval_every == 0 and done != loop.max_steps:
-            metrics = evaluate()
+            with clock.paused():
+                metrics = evaluate()
             if writer is not None and metrics:
                 writer.add_scalar("test/bits_per_token", metrics["test_bits_per_token"], done)
         if done == loop.max_steps:
-            metrics = evaluate()
+            with clock.paused():
+                metrics = evaluate()
             if writer is not None and metrics:
                 writer.add_scalar("test/bits_per_token", metrics["test_bits_per_token"], done)
         if done % loop.save_every == 0 or done == loop.max_steps:
