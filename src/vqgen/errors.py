@@ -15,3 +15,7 @@ class DataError(VqgenError, ValueError):
 
 class TrainingDiverged(VqgenError, RuntimeError):
     """A non-finite loss; the last good checkpoint is kept."""
+
+
+class WeightsError(VqgenError, ValueError):
+    """A weight file that cannot be used: unreadable, not a plain state dict, wrong keys or shapes."""

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .config import from_dict, to_dict
+from .errors import WeightsError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -76,3 +77,27 @@ def load_pretrained(build: Callable[[Any], M], cls: type, directory: str | Path,
                            f"unexpected {unexpected[:5]}, shape mismatch {shapes[:5]}")
     model.load_state_dict(state, strict=True)
     return model
+
+
+def read_weight_file(path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """Tensors of a user-supplied weight file — ``.safetensors``, or a ``.pth``/``.pt`` plain state dict
+    read with ``weights_only=True`` (never unpickled) — on the CPU. ``what`` names it in errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} weights file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            state = load_file(str(path), device="cpu")
+        elif suffix in (".pth", ".pt"):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            raise WeightsError(f"{path}: unknown weights format {suffix!r}; use .safetensors, .pth or .pt")
+    except WeightsError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any unreadable or unsafe file is bad input
+        raise WeightsError(f"{path} is not a plain tensor state dict (safetensors, or loadable with "
+                           f"weights_only=True): {exc}") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path} does not hold a flat state dict of tensors")
+    return dict(state)

@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import VqgenError
+from ..errors import WeightsError
+from ..hub import read_weight_file
 from .fd import frechet_distance
 
 FEATURE_DIM = 2048
@@ -48,8 +49,8 @@ INPUT_SIZE = 299
 FC_SHAPE = (1008, FEATURE_DIM)
 
 
-class InceptionWeightsError(VqgenError, ValueError):
-    """An Inception weight file that cannot be used (unreadable, missing/extra/mis-shaped keys)."""
+# An Inception weight file that cannot be used (unreadable, missing/extra/mis-shaped keys).
+InceptionWeightsError = WeightsError
 
 
 class BasicConv2d(nn.Module):
@@ -190,31 +191,6 @@ class FIDInceptionE(nn.Module):
         return torch.cat([b1, b3, bd, bp], dim=1)
 
 
-def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors from ``.safetensors`` or a ``.pth``/``.pt`` plain state dict, on the CPU, never unpickled."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Inception weights file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        from safetensors.torch import load_file
-        try:
-            state = load_file(str(path), device="cpu")
-        except Exception as exc:  # noqa: BLE001 - a corrupt file is bad input
-            raise InceptionWeightsError(f"{path} is not a readable safetensors file: {exc}") from exc
-    elif suffix in (".pth", ".pt"):
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - report any unreadable/unsafe file as bad input
-            raise InceptionWeightsError(f"{path} is not a plain tensor state dict loadable with "
-                                        f"weights_only=True: {exc}") from exc
-    else:
-        raise InceptionWeightsError(f"{path}: unknown weights format {suffix!r}; use .safetensors, .pth or .pt")
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InceptionWeightsError(f"{path} does not hold a flat state dict of tensors")
-    return dict(state)
-
-
 class InceptionFeatures(nn.Module):
     """FID Inception-v3 up to pool3. ``forward(images)`` takes (N, C, H, W) images, C ∈ {1, 3}: uint8
     in [0, 255] or float in [0, 1]; returns float32 (N, 2048) features.
@@ -258,7 +234,7 @@ class InceptionFeatures(nn.Module):
         """
         model = cls()
         expected = {k: v for k, v in model.state_dict().items() if not k.endswith(".num_batches_tracked")}
-        given = _read_state_dict(path)
+        given = read_weight_file(path, "Inception")
         fc_weight = given.get("fc.weight")
         if fc_weight is not None and tuple(fc_weight.shape) != FC_SHAPE:
             raise InceptionWeightsError(

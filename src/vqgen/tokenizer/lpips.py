@@ -25,8 +25,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
+
+from ..hub import read_weight_file
 
 # torchvision's VGG16 "D" configuration; "M" is a 2×2 max-pool. Indices into ``features`` follow it.
 VGG16_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
@@ -80,27 +81,6 @@ def _unit_normalize(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     return x / (norm + eps)  # (B, C, h, w)
 
 
-def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors from ``.safetensors`` or a ``.pth``/``.pt`` plain state dict, on the CPU, never unpickled."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"LPIPS weights file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        state = load_file(str(path), device="cpu")
-    elif suffix in (".pth", ".pt"):
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - report any unreadable/unsafe file as bad input
-            raise ValueError(f"{path} is not a plain tensor state dict loadable with "
-                             f"weights_only=True: {exc}") from exc
-    else:
-        raise ValueError(f"{path}: unknown weights format {suffix!r}; use .safetensors, .pth or .pt")
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a flat state dict of tensors")
-    return dict(state)
-
-
 class LPIPS(nn.Module):
     """Frozen LPIPS-VGG16 distance. ``forward(x, y)`` takes (B, C, H, W) images in [-1, 1], C ∈ {1, 3},
     H, W ≥ 16, and returns (B,) distances; gradients flow to the inputs, never to the parameters.
@@ -140,8 +120,8 @@ class LPIPS(nn.Module):
         """
         model = cls()
         expected = model.state_dict()
-        vgg = {k: v for k, v in _read_state_dict(vgg_path).items() if not k.startswith("classifier.")}
-        lin = _read_state_dict(lin_path)
+        vgg = {k: v for k, v in read_weight_file(vgg_path, "LPIPS").items() if not k.startswith("classifier.")}
+        lin = read_weight_file(lin_path, "LPIPS")
         state: dict[str, torch.Tensor] = {}
         for path, given, prefix in ((vgg_path, vgg, "features."), (lin_path, lin, "lin")):
             want = {k for k in expected if k.startswith(prefix)}
