@@ -101,3 +101,18 @@ def read_weight_file(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path} does not hold a flat state dict of tensors")
     return dict(state)
+
+
+def check_weights(given: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], path: str | Path,
+                  what: str) -> None:
+    """WeightsError unless ``given`` has exactly the keys of ``expected``, same shapes, float tensors."""
+    missing = sorted(expected.keys() - given.keys())
+    unexpected = sorted(given.keys() - expected.keys())
+    if missing or unexpected:
+        raise WeightsError(f"{path} does not match {what}: missing keys {missing}, unexpected keys {unexpected}")
+    for k in sorted(expected):
+        v = given[k]
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise WeightsError(f"{path}: key {k!r} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}")
+        if not v.is_floating_point():
+            raise WeightsError(f"{path}: key {k!r} has dtype {v.dtype}, expected a float tensor")

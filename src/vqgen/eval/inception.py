@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import WeightsError
-from ..hub import read_weight_file
+from ..hub import check_weights, read_weight_file
 from .fd import frechet_distance
 
 FEATURE_DIM = 2048
@@ -243,18 +243,7 @@ class InceptionFeatures(nn.Module):
                 "pt_inception-2015-12-05-6726825d.pth")
         given = {k: v for k, v in given.items()
                  if not k.startswith("fc.") and not k.endswith(".num_batches_tracked")}
-        missing = sorted(expected.keys() - given.keys())
-        unexpected = sorted(given.keys() - expected.keys())
-        if missing or unexpected:
-            raise InceptionWeightsError(f"{path} does not match the FID Inception-v3: missing keys {missing}, "
-                                        f"unexpected keys {unexpected}")
-        for k in sorted(expected):
-            v = given[k]
-            if tuple(v.shape) != tuple(expected[k].shape):
-                raise InceptionWeightsError(f"{path}: key {k!r} has shape {tuple(v.shape)}, "
-                                            f"expected {tuple(expected[k].shape)}")
-            if not v.is_floating_point():
-                raise InceptionWeightsError(f"{path}: key {k!r} has dtype {v.dtype}, expected a float tensor")
+        check_weights(given, expected, path, "the FID Inception-v3")
         state = {k: given[k].float() for k in expected}
         # BatchNorm step counters are unused in eval mode; keep the model's own.
         state.update({k: v for k, v in model.state_dict().items() if k.endswith(".num_batches_tracked")})

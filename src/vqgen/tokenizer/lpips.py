@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..hub import read_weight_file
+from ..hub import check_weights, read_weight_file
 
 # torchvision's VGG16 "D" configuration; "M" is a 2×2 max-pool. Indices into ``features`` follow it.
 VGG16_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
@@ -124,20 +124,9 @@ class LPIPS(nn.Module):
         lin = read_weight_file(lin_path, "LPIPS")
         state: dict[str, torch.Tensor] = {}
         for path, given, prefix in ((vgg_path, vgg, "features."), (lin_path, lin, "lin")):
-            want = {k for k in expected if k.startswith(prefix)}
-            missing = sorted(want - given.keys())
-            unexpected = sorted(given.keys() - want)
-            if missing or unexpected:
-                raise ValueError(f"{path} does not match LPIPS-VGG16: missing keys {missing}, "
-                                 f"unexpected keys {unexpected}")
-            for k in sorted(want):
-                v = given[k]
-                if tuple(v.shape) != tuple(expected[k].shape):
-                    raise ValueError(f"{path}: key {k!r} has shape {tuple(v.shape)}, "
-                                     f"expected {tuple(expected[k].shape)}")
-                if not v.is_floating_point():
-                    raise ValueError(f"{path}: key {k!r} has dtype {v.dtype}, expected a float tensor")
-                state[k] = v
+            want = {k: v for k, v in expected.items() if k.startswith(prefix)}
+            check_weights(given, want, path, "LPIPS-VGG16")
+            state.update(given)
         negative = [k for k in state if k.startswith("lin") and bool((state[k] < 0).any())]
         if negative:
             raise ValueError(f"{lin_path}: LPIPS head weights must be non-negative; negative in {negative}")
