@@ -135,19 +135,22 @@ class MLP(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Causal multi-head self-attention through ``F.scaled_dot_product_attention``.
+    """Multi-head self-attention through ``F.scaled_dot_product_attention``, causal by default.
 
     With a :class:`KVCache` the input holds only the new positions, which come after the cached
-    ones; each attends to every cached position and causally to the new ones.
+    ones; each attends to every cached position and causally to the new ones. ``causal=False``
+    (a bidirectional encoder) takes an optional ``key_mask`` (B, T), True where a key is a real token
+    and False at padding; it has no cache.
     """
 
-    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0):
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, causal: bool = True):
         super().__init__()
         if n_embd % n_head:
             raise ValueError(f"SelfAttention: n_embd={n_embd} is not divisible by n_head={n_head}")
         self.n_head = n_head
         self.head_dim = n_embd // n_head
         self.dropout = dropout
+        self.causal = causal
         self.qkv = nn.Linear(n_embd, 3 * n_embd)
         self.proj = nn.Linear(n_embd, n_embd)
         self.resid_dropout = nn.Dropout(dropout)
@@ -156,14 +159,22 @@ class SelfAttention(nn.Module):
                   dtype: torch.dtype | None = None) -> KVCache:
         return KVCache(batch, self.n_head, self.head_dim, max_len, device=device, dtype=dtype)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:  # x: (B, T, C)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None,
+                key_mask: torch.Tensor | None = None) -> torch.Tensor:  # x: (B, T, C)
         b, t, c = x.shape
         q, k, v = self.qkv(x).split(c, dim=2)  # 3 × (B, T, C)
         q = q.view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
         k = k.view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
         v = v.view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
         p = self.dropout if self.training else 0.0
-        if cache is None or cache.len == 0:
+        if not self.causal:
+            if cache is not None:
+                raise ValueError("a bidirectional SelfAttention has no KV cache")
+            mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, nh, T, hd)
+        elif key_mask is not None:
+            raise ValueError("key_mask is for bidirectional attention (causal=False)")
+        elif cache is None or cache.len == 0:
             if cache is not None:
                 cache.append(k, v)
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, nh, T, hd)
@@ -180,15 +191,77 @@ class SelfAttention(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-LayerNorm block: x + attn(ln(x)), then x + mlp(ln(x)) (GPT-2 ordering)."""
+    """Pre-LayerNorm block: x + attn(ln(x)), then x + mlp(ln(x)) (GPT-2 ordering).
+
+    ``causal=False`` makes it an encoder block (bidirectional, optional padding ``key_mask``)."""
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, causal: bool = True):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(n_embd)
+        self.attn = SelfAttention(n_embd, n_head, dropout, causal=causal)
+        self.ln2 = nn.LayerNorm(n_embd)
+        self.mlp = MLP(n_embd, 4 * n_embd, dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None,
+                key_mask: torch.Tensor | None = None) -> torch.Tensor:  # x: (B, T, C)
+        x = x + self.attn(self.ln1(x), cache, key_mask)  # (B, T, C)
+        return x + self.mlp(self.ln2(x))  # (B, T, C)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from decoder positions to an encoded context (the caption).
+
+    The context's keys and values do not change while a sequence is decoded, so ``memory`` projects
+    them once per context and every decoding step reuses them (Vaswani et al. 2017,
+    https://arxiv.org/abs/1706.03762, the encoder–decoder attention).
+    """
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0):
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError(f"CrossAttention: n_embd={n_embd} is not divisible by n_head={n_head}")
+        self.n_head = n_head
+        self.head_dim = n_embd // n_head
+        self.dropout = dropout
+        self.q = nn.Linear(n_embd, n_embd)
+        self.kv = nn.Linear(n_embd, 2 * n_embd)
+        self.proj = nn.Linear(n_embd, n_embd)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def memory(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of ``context`` (B, S, C) → two (B, nh, S, hd) tensors."""
+        b, s, c = context.shape
+        k, v = self.kv(context).split(c, dim=2)  # 2 × (B, S, C)
+        return (k.view(b, s, self.n_head, self.head_dim).transpose(1, 2),  # (B, nh, S, hd)
+                v.view(b, s, self.n_head, self.head_dim).transpose(1, 2))  # (B, nh, S, hd)
+
+    def forward(self, x: torch.Tensor, memory: tuple[torch.Tensor, torch.Tensor],
+                memory_mask: torch.Tensor | None = None) -> torch.Tensor:  # x: (B, T, C)
+        """``memory`` from :meth:`memory`; ``memory_mask`` (B, S) is True at real context tokens."""
+        b, t, c = x.shape
+        q = self.q(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k, v = memory  # (B, nh, S, hd) each
+        mask = None if memory_mask is None else memory_mask[:, None, None, :]  # (B, 1, 1, S)
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, nh, T, hd)
+        return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(b, t, c)))  # (B, T, C)
+
+
+class DecoderBlock(nn.Module):
+    """Pre-LayerNorm decoder block: causal self-attention (KV-cached), cross-attention to the
+    context, MLP — each a residual branch (the Transformer decoder, https://arxiv.org/abs/1706.03762)."""
 
     def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0):
         super().__init__()
         self.ln1 = nn.LayerNorm(n_embd)
         self.attn = SelfAttention(n_embd, n_head, dropout)
         self.ln2 = nn.LayerNorm(n_embd)
+        self.cross = CrossAttention(n_embd, n_head, dropout)
+        self.ln3 = nn.LayerNorm(n_embd)
         self.mlp = MLP(n_embd, 4 * n_embd, dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:  # x: (B, T, C)
+    def forward(self, x: torch.Tensor, memory: tuple[torch.Tensor, torch.Tensor],
+                memory_mask: torch.Tensor | None, cache: KVCache | None = None) -> torch.Tensor:  # (B, T, C)
         x = x + self.attn(self.ln1(x), cache)  # (B, T, C)
-        return x + self.mlp(self.ln2(x))  # (B, T, C)
+        x = x + self.cross(self.ln2(x), memory, memory_mask)  # (B, T, C)
+        return x + self.mlp(self.ln3(x))  # (B, T, C)

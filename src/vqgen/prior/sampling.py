@@ -54,7 +54,7 @@ def guide(cond_logits: torch.Tensor, uncond_logits: torch.Tensor, scale: float) 
     return uncond_logits + scale * (cond_logits - uncond_logits)
 
 
-def _check_options(temperature: float, top_k: int | None, top_p: float | None, guidance_scale: float,
+def check_sampling_options(temperature: float, top_k: int | None, top_p: float | None, guidance_scale: float,
                    vocab_size: int) -> None:
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
@@ -66,7 +66,7 @@ def _check_options(temperature: float, top_k: int | None, top_p: float | None, g
         raise ValueError(f"guidance_scale must be a finite number ≥ 0, got {guidance_scale!r}")
 
 
-def _pick(logits: torch.Tensor, n: int, guidance_scale: float, temperature: float, top_k: int | None,
+def pick_next(logits: torch.Tensor, n: int, guidance_scale: float, temperature: float, top_k: int | None,
           top_p: float | None, generator: torch.Generator | None) -> torch.Tensor:
     """logits (n or 2n, V) for the next token → sampled ids (n,)."""
     if logits.shape[0] != n:  # guided: [cond; null] halves
@@ -82,7 +82,7 @@ def _pick(logits: torch.Tensor, n: int, guidance_scale: float, temperature: floa
 
 
 @contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
     was_training = model.training
     model.eval()
     try:
@@ -118,7 +118,7 @@ def sample(model: GPTPrior, n: int, *, cond: torch.Tensor | None = None, prefix:
     cfg = model.config
     h, w = cfg.grid
     seq = cfg.seq_len
-    _check_options(temperature, top_k, top_p, guidance_scale, cfg.vocab_size)
+    check_sampling_options(temperature, top_k, top_p, guidance_scale, cfg.vocab_size)
     cond_ids = _condition_batch(model, n, cond, guidance_scale)  # (n,) or (2n,)
     guided = cond_ids.shape[0] != n
     device = cond_ids.device
@@ -135,9 +135,9 @@ def sample(model: GPTPrior, n: int, *, cond: torch.Tensor | None = None, prefix:
         return torch.cat([x, x]) if guided else x
 
     def pick(logits: torch.Tensor) -> torch.Tensor:  # (n or 2n, V) -> (n,)
-        return _pick(logits, n, guidance_scale, temperature, top_k, top_p, generator)
+        return pick_next(logits, n, guidance_scale, temperature, top_k, top_p, generator)
 
-    with _eval_mode(model):
+    with eval_mode(model):
         if start == seq:
             return out.view(n, h, w)
         if use_cache:
@@ -191,7 +191,7 @@ def sample_sliding(model: GPTPrior, n: int, grid: tuple[int, int], window: tuple
     if len(grid) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) for s in grid) \
             or grid[0] < window[0] or grid[1] < window[1]:
         raise ValueError(f"grid must be (H2, W2) integers at least the window {window}, got {grid}")
-    _check_options(temperature, top_k, top_p, guidance_scale, cfg.vocab_size)
+    check_sampling_options(temperature, top_k, top_p, guidance_scale, cfg.vocab_size)
     cond_ids = _condition_batch(model, n, cond, guidance_scale)  # (n,) or (2n,)
     guided = cond_ids.shape[0] != n
     (h, w), (gh, gw) = window, grid
@@ -200,7 +200,7 @@ def sample_sliding(model: GPTPrior, n: int, grid: tuple[int, int], window: tuple
     rows, cols = torch.arange(h, device=device), torch.arange(w, device=device)
     cells = (rows[:, None] * tw + cols[None]).flatten()  # (h·w,)
     out = torch.empty(n, gh, gw, dtype=torch.long, device=device)  # (n, H2, W2)
-    with _eval_mode(model):
+    with eval_mode(model):
         for i in range(gh):
             i0 = _window_start(i, gh, h)
             for j in range(gw):
@@ -210,5 +210,5 @@ def sample_sliding(model: GPTPrior, n: int, grid: tuple[int, int], window: tuple
                 if guided:
                     ctx = torch.cat([ctx, ctx])  # (2n, k)
                 logits = model.decode(cond_ids, ctx, cells[:k], last_only=True)  # (B, 1, V)
-                out[:, i, j] = _pick(logits[:, -1], n, guidance_scale, temperature, top_k, top_p, generator)
+                out[:, i, j] = pick_next(logits[:, -1], n, guidance_scale, temperature, top_k, top_p, generator)
     return out

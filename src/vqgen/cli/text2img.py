@@ -1,0 +1,165 @@
+"""Text-to-image commands: train the caption→image model, the CLIP reranker and the shapes judge;
+generate from a caption; evaluate with the judge."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import ConfigError
+from .common import add_train_common, loop_overrides
+
+
+def cmd_train_text2img(args: argparse.Namespace) -> None:
+    from ..config import resolve_config
+    from ..train.text2img import TEXT2IMG_PRESETS, TextToImageTrainConfig, train_text2img
+    overrides = loop_overrides(args) + [f"tokens={args.tokens}"]
+    if args.text_encoder:
+        overrides.append(f"text_encoder_path={args.text_encoder}")
+    cfg = resolve_config(TextToImageTrainConfig, args.config, TEXT2IMG_PRESETS, overrides)
+    _, _, metrics = train_text2img(cfg, args.out, progress=not args.no_progress)
+    bits = f"; test bits/token {metrics['test_bits_per_token']:.4f}" if "test_bits_per_token" in metrics else ""
+    print(f"text-to-image model saved to {args.out}{bits}")
+
+
+def cmd_train_clip(args: argparse.Namespace) -> None:
+    from ..config import resolve_config
+    from ..train.clip import CLIP_PRESETS, ClipTrainConfig, train_clip
+    cfg = resolve_config(ClipTrainConfig, args.config, CLIP_PRESETS, loop_overrides(args))
+    _, metrics = train_clip(cfg, args.out, data=args.data, progress=not args.no_progress)
+    print(f"CLIP saved to {args.out}; " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+
+
+def cmd_train_shapes_judge(args: argparse.Namespace) -> None:
+    from ..config import resolve_config
+    from ..train.shapes_judge import SHAPES_JUDGE_PRESETS, ShapesJudgeTrainConfig, train_shapes_judge
+    cfg = resolve_config(ShapesJudgeTrainConfig, args.config, SHAPES_JUDGE_PRESETS, loop_overrides(args))
+    metrics = train_shapes_judge(cfg, args.out, progress=not args.no_progress)
+    print(f"shapes judge saved to {args.out}; fully correct on held-out renders: {metrics['accuracy_on_renders']:.4f}")
+
+
+def _check_counts(n: int, keep: int | None) -> int:
+    if n < 1:
+        raise ConfigError(f"--n must be at least 1, got {n}")
+    keep = n if keep is None else keep
+    if not 1 <= keep <= n:
+        raise ConfigError(f"--keep must be between 1 and --n ({n}), got {keep}")
+    return keep
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from ..images import save_captioned_grid
+    from ..text.generate import check_caption, generate_candidates, load_text2img_run
+    keep = _check_counts(args.n, args.keep)
+    caption = check_caption(args.caption)
+    scorer = None
+    if args.clip:
+        from ..rerank.clip import load_clip
+        scorer = load_clip(args.clip)
+    elif keep < args.n:
+        raise ConfigError(f"--keep {keep} < --n {args.n} ranks candidates: give --clip CLIP_DIR")
+    run = load_text2img_run(args.model)
+    images = generate_candidates(run, [caption], args.n, guidance_scale=args.guidance, temperature=args.temperature,
+                                 top_k=args.top_k, top_p=args.top_p, seed=args.seed)[0]  # (n, C, H, W)
+    if scorer is not None:
+        from ..rerank.clip import rerank
+        kept, scores = rerank(images, caption, scorer, keep)
+        images, labels = images[kept], [f"{caption} ({float(scores[i]):.1f})" for i in kept.tolist()]
+    else:
+        images, labels = images[:keep], [caption] * keep
+    path = save_captioned_grid(images, labels, args.out, nrow=min(keep, 4), scale=args.scale)
+    how = f"best {keep} of {args.n} by CLIP score" if scorer is not None else f"{keep} samples, not reranked"
+    scale = run.model.config.guidance_scale if args.guidance is None else args.guidance
+    print(f"wrote {path} ({how}; guidance {scale:g})")
+
+
+def _test_records(run_dir: str, captions_file: str | None) -> tuple[list[dict], bool]:
+    """The captions to evaluate: a user's JSONL file, or the test split of the run's shapes data."""
+    from ..data.records import read_records
+    if captions_file:
+        return read_records(captions_file), True
+    cfg = json.loads((Path(run_dir) / "train_config.json").read_text())
+    from ..data.tokens import read_meta
+    source = read_meta(cfg["tokens"]).get("source", "")
+    if not source.startswith("shapes"):
+        raise ConfigError(f"{run_dir} was trained on {source!r}, which has no attribute records: pass "
+                          "--captions FILE.jsonl")
+    from ..data import parse_spec
+    from ..data.shapes import load_shapes
+    _, seed = parse_spec(source)
+    return load_shapes(int(seed or 0), "test", n=None, progress=False).records, False
+
+
+def cmd_eval_text2img(args: argparse.Namespace) -> None:
+    import torch
+
+    from ..eval.shapes_judge import ShapesJudge
+    from ..eval.text2img import evaluate_text2img, format_report
+    from ..rerank.clip import load_clip
+    from ..text.generate import check_run_kind, generate_candidates, load_text2img_run
+    check_run_kind(args.judge, "shapes-judge")
+    scorer = load_clip(args.clip)
+    run = load_text2img_run(args.run_dir)
+    judge = ShapesJudge.from_pretrained(args.judge)
+    records, by_objects = _test_records(args.run_dir, args.captions)
+    if args.n_captions:
+        records = records[: args.n_captions]
+
+    def sample_fn(captions: list[str], n: int, guidance_scale: float, seed: int) -> torch.Tensor:
+        return generate_candidates(run, captions, n, guidance_scale=guidance_scale, seed=seed)
+
+    scale = run.model.config.guidance_scale if args.guidance is None else args.guidance
+    report = evaluate_text2img(records, sample_fn, scorer.score, judge, guidance_scale=scale,
+                               n_candidates=args.candidates, seed=args.seed, progress=not args.json,
+                               by_objects_only=by_objects)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(format_report(report))
+
+
+def register(sub, train, evaluate) -> None:
+    """``train text2img``, ``train clip``, ``train shapes-judge``, ``generate``, ``eval text2img``."""
+    p = train.add_parser("text2img", help="train the caption encoder + image-token decoder")
+    add_train_common(p)
+    p.add_argument("--tokens", required=True, help="captioned token directory made by `vqgen encode`")
+    p.add_argument("--text-encoder", metavar="DIR", help="a local transformers BART/T5/CLIP directory: its pretrained "
+                   "encoder and tokenizer.json replace the project's own")
+    p.set_defaults(func=cmd_train_text2img)
+
+    p = train.add_parser("clip", help="train the CLIP-style image–text model used for reranking")
+    add_train_common(p)
+    p.add_argument("--data", help="captioned dataset spec (default: the config's)")
+    p.set_defaults(func=cmd_train_clip)
+
+    p = train.add_parser("shapes-judge", help="train the per-cell judge of shapes images (on renders)")
+    add_train_common(p)
+    p.set_defaults(func=cmd_train_shapes_judge)
+
+    p = sub.add_parser("generate", help="images from a caption, reranked by CLIP")
+    p.add_argument("caption")
+    p.add_argument("--model", required=True, help="text-to-image run directory")
+    p.add_argument("--clip", help="CLIP directory (vqgen's own or a transformers CLIPModel) to rank candidates")
+    p.add_argument("--n", type=int, default=16, help="candidates to sample")
+    p.add_argument("--keep", type=int, help="best candidates to keep (default: all)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--guidance", type=float, help="super-conditioning scale (default: the model's)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scale", type=int, default=4, help="enlarge each picture this many times")
+    p.set_defaults(func=cmd_generate)
+
+    p = evaluate.add_parser("text2img", help="judge generated images: fully-correct fractions with/without "
+                            "reranking and guidance")
+    p.add_argument("run_dir")
+    p.add_argument("--clip", required=True)
+    p.add_argument("--judge", required=True)
+    p.add_argument("--captions", help="JSONL of attribute records (default: the shapes test split)")
+    p.add_argument("--n-captions", type=int, help="evaluate only the first N captions")
+    p.add_argument("--candidates", type=int, default=8, help="candidates per caption for reranking")
+    p.add_argument("--guidance", type=float, help="guided variant's scale (default: the model's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_text2img)
