@@ -1,8 +1,8 @@
 """Dataset specs: ``KIND[:PATH]`` strings that name where images come from.
 
 ``load_images("fashion-mnist")`` or ``load_images("folder:~/pics", resolution=64, channels=3)`` decode
-everything once into an in-memory ``ImageDataset`` of uint8 (N, C, H, W) images. This package never
-imports model code.
+everything once into an in-memory ``ImageDataset`` of uint8 (N, C, H, W) images; captioned kinds
+(``shapes``, ``pairs``, ``manifest``) also fill its ``captions``. This package never imports model code.
 """
 from __future__ import annotations
 
@@ -11,11 +11,14 @@ from pathlib import Path
 from ..errors import DataError
 from .base import SPLITS, ImageDataset, cache_dir
 from .fashion_mnist import load_fashion_mnist
+from .captioned import load_manifest, load_pairs
 from .folder import load_folder
+from .shapes import load_shapes
 
-DATASET_KINDS = ("fashion-mnist", "folder")
+DATASET_KINDS = ("fashion-mnist", "folder", "shapes", "pairs", "manifest")
+CAPTIONED_KINDS = ("shapes", "pairs", "manifest")
 
-__all__ = ["DATASET_KINDS", "SPLITS", "ImageDataset", "cache_dir", "load_images", "parse_spec"]
+__all__ = ["CAPTIONED_KINDS", "DATASET_KINDS", "SPLITS", "ImageDataset", "cache_dir", "load_images", "parse_spec"]
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -32,6 +35,16 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     return kind, (path.strip() or None) if sep else None
 
 
+def shapes_seed(spec: str) -> int:
+    """The seed of a ``shapes[:SEED]`` spec (default 0); anything but a non-negative integer raises DataError."""
+    _, path = parse_spec(spec)
+    if path is None:
+        return 0
+    if not path.isdigit():
+        raise DataError(f"{spec!r}: the shapes seed must be a non-negative integer, e.g. shapes:0 or shapes:7")
+    return int(path)
+
+
 def load_images(
     spec: str,
     split: str = "train",
@@ -46,12 +59,27 @@ def load_images(
       to larger resolutions and resized down to smaller ones.
     - ``folder:DIR``: every image under DIR, labelled by first-level subfolder when all images have
       one. ``split`` is ignored: the folder is used whole. Unreadable files are skipped and counted.
+    - ``shapes[:SEED]``: procedural captioned RGB scenes (``vqgen.data.shapes``), splits "train" and
+      "test"; needs ``channels=3``.
+    - ``pairs:DIR`` / ``manifest:FILE``: users' captioned images (``vqgen.data.captioned``); like
+      ``folder`` they are one whole split and ``split`` is ignored.
 
     ``channels`` is 1 (grey) or 3 (RGB). User-facing problems raise ``DataError``.
     """
     kind, path = parse_spec(spec)
     if kind == "fashion-mnist":
         return load_fashion_mnist(path, split, resolution, channels, progress, source=spec)
+    if kind == "shapes":
+        seed = shapes_seed(spec)
+        if channels != 3:
+            raise DataError(f"{spec!r}: shapes images are RGB; ask for channels=3, got {channels!r}")
+        return load_shapes(seed, split, resolution, progress=progress)
     if path is None:
-        raise DataError(f"{spec!r}: a folder spec needs a path, e.g. folder:/data/images")
+        example = {"folder": "folder:/data/images", "pairs": "pairs:/data/captioned",
+                   "manifest": "manifest:/data/captions.jsonl"}[kind]
+        raise DataError(f"{spec!r}: a {kind} spec needs a path, e.g. {example}")
+    if kind == "pairs":
+        return load_pairs(path, resolution, channels, progress, source=spec)
+    if kind == "manifest":
+        return load_manifest(path, resolution, channels, progress, source=spec)
     return load_folder(path, resolution, channels, progress, source=spec)

@@ -18,13 +18,23 @@ SPLITS = ("train", "test", "all")
 
 @dataclass(repr=False)
 class ImageDataset:
-    """Decoded images kept in memory, with optional integer class labels."""
+    """Decoded images kept in memory, with optional integer class labels and optional captions.
+
+    Captioned sources (``shapes``, ``pairs``, ``manifest``) fill ``captions``; ``shapes`` also gives
+    each image its ground-truth ``records`` (see ``vqgen.data.records``) and structured ``targets``.
+    ``caption_stats`` counts what happened to captions while loading (e.g. ``{"empty": 2,
+    "undecodable": 1, "truncated": 0}``): skipped items are also included in ``skipped``.
+    """
 
     images: torch.Tensor  # uint8 (N, C, H, W)
     labels: torch.Tensor | None  # int64 (N,), or None when the source has no labels
     class_names: list[str] = field(default_factory=list)  # [] when there are no labels
     skipped: int = 0  # files that could not be read and were skipped
     source: str = ""  # the spec it came from, for messages and metadata
+    captions: list[str] | None = None  # one caption per image, or None when the source has none
+    records: list[dict] | None = None  # ground-truth attribute record per image (shapes), or None
+    targets: torch.Tensor | None = None  # int64 (N, ...) structured per-image labels, or None
+    caption_stats: dict = field(default_factory=dict)  # counts: skipped/truncated captions by reason
 
     def __post_init__(self) -> None:
         if not isinstance(self.images, torch.Tensor) or self.images.dim() != 4 or self.images.dtype != torch.uint8:
@@ -37,6 +47,19 @@ class ImageDataset:
                     f"{self.source or 'dataset'}: {tuple(self.labels.shape)} labels for {self.images.shape[0]} images"
                 )
             self.labels = self.labels.long()  # int64 (N,)
+        n, where = self.images.shape[0], self.source or "dataset"
+        if self.captions is not None:
+            if len(self.captions) != n or not all(isinstance(c, str) for c in self.captions):
+                raise DataError(f"{where}: captions must be {n} strings (one per image), got {len(self.captions)}")
+            self.captions = list(self.captions)
+        if self.records is not None and len(self.records) != n:
+            raise DataError(f"{where}: {len(self.records)} records for {n} images")
+        if self.targets is not None:
+            if not isinstance(self.targets, torch.Tensor) or self.targets.dim() < 1 or self.targets.shape[0] != n:
+                t = self.targets
+                got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise DataError(f"{where}: targets must be a tensor with {n} rows, got {got}")
+            self.targets = self.targets.long()  # int64 (N, ...)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -49,7 +72,8 @@ class ImageDataset:
         n, c, h, w = self.images.shape
         extra = f", classes={self.num_classes}" if self.labels is not None else ", unlabelled"
         skipped = f", skipped={self.skipped}" if self.skipped else ""
-        return f"ImageDataset({self.source!r}, n={n}, shape=({c}, {h}, {w}){extra}{skipped})"
+        captioned = ", captioned" if self.captions is not None else ""
+        return f"ImageDataset({self.source!r}, n={n}, shape=({c}, {h}, {w}){extra}{captioned}{skipped})"
 
 
 def cache_dir() -> Path:

@@ -80,6 +80,34 @@ def _try_load(path: Path, resolution: int, mode: str) -> np.ndarray | Exception:
         return e
 
 
+def decode_images(
+    paths: list[Path], resolution: int, channels: int, progress: bool = True, desc: str = "decoding"
+) -> tuple[np.ndarray, np.ndarray, tuple[Path, Exception] | None]:
+    """Decode ``paths`` in parallel with ``load_image``; failures do not raise.
+
+    Returns (uint8 (N, R, R, C) pixels, bool (N,) decoded?, (path, error) of the first failure or None);
+    rows that failed to decode hold garbage.
+    """
+    mode = "L" if channels == 1 else "RGB"
+    arr = np.empty((len(paths), resolution, resolution, channels), dtype=np.uint8)  # (N, R, R, C)
+    ok = np.zeros(len(paths), dtype=bool)  # (N,) decoded?
+    first_error: tuple[Path, Exception] | None = None
+    workers = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL releases the GIL while decoding
+        it = pool.map(lambda p: _try_load(p, resolution, mode), paths)
+        if progress and len(paths) > PROGRESS_MIN_FILES:
+            from tqdm import tqdm
+
+            it = tqdm(it, total=len(paths), desc=desc, unit="img")
+        for i, r in enumerate(it):
+            if isinstance(r, np.ndarray):
+                arr[i] = r.reshape(resolution, resolution, channels)
+                ok[i] = True
+            elif first_error is None:
+                first_error = (paths[i], r)
+    return arr, ok, first_error
+
+
 def load_folder(
     root: str | Path,
     resolution: int = 32,
@@ -110,24 +138,7 @@ def load_folder(
     class_names = sorted({parts[0] for parts in rel_parts}) if labelled else []
     class_index = {name: i for i, name in enumerate(class_names)}
 
-    mode = "L" if channels == 1 else "RGB"
-    arr = np.empty((len(paths), resolution, resolution, channels), dtype=np.uint8)  # (N, R, R, C)
-    ok = np.zeros(len(paths), dtype=bool)  # (N,) decoded?
-    first_error: tuple[Path, Exception] | None = None
-    workers = min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL releases the GIL while decoding
-        it = pool.map(lambda p: _try_load(p, resolution, mode), paths)
-        if progress and len(paths) > PROGRESS_MIN_FILES:
-            from tqdm import tqdm
-
-            it = tqdm(it, total=len(paths), desc=f"decoding {root.name or root}", unit="img")
-        for i, r in enumerate(it):
-            if isinstance(r, np.ndarray):
-                arr[i] = r.reshape(resolution, resolution, channels)
-                ok[i] = True
-            elif first_error is None:
-                first_error = (paths[i], r)
-
+    arr, ok, first_error = decode_images(paths, resolution, channels, progress, desc=f"decoding {root.name or root}")
     skipped = int(len(paths) - ok.sum())
     if skipped:
         bad_path, err = first_error  # type: ignore[misc]

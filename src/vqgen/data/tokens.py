@@ -7,6 +7,7 @@ A token directory holds one folder per split::
                                     grid, vocabulary size, class names, source spec
     TOKENS_DIR/<split>/shard-00000.npy   (n, H, W) in the smallest unsigned dtype that holds the vocabulary
     TOKENS_DIR/<split>/labels-00000.npy  (n,) int64, when the source has labels
+    TOKENS_DIR/<split>/captions-00000.json  a JSON list of n strings, when the source has captions
     TOKENS_DIR/<split>/done.json    written last: the split is complete
 
 Shards are written atomically and skipped when present, so an interrupted encode resumes; readers
@@ -47,6 +48,7 @@ class TokenDataset:
     tokens: torch.Tensor          # int64 (N, H, W)
     labels: torch.Tensor | None   # int64 (N,) or None
     meta: dict
+    captions: list[str] | None = None  # one per grid, or None when the split has none
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -84,9 +86,17 @@ class TokenWriter:
     def has(self, shard: int) -> bool:
         return (self.dir / f"shard-{shard:05d}.npy").exists()
 
-    def write(self, shard: int, tokens: torch.Tensor, labels: torch.Tensor | None) -> None:
-        if labels is not None:  # labels first: a shard file means its labels exist too
+    def write(self, shard: int, tokens: torch.Tensor, labels: torch.Tensor | None,
+              captions: list[str] | None = None) -> None:
+        """Write one shard; labels and captions go first, so a shard file means they exist too."""
+        if labels is not None:
             _save_npy(self.dir / f"labels-{shard:05d}.npy", labels.cpu().numpy().astype(np.int64))
+        if captions is not None:
+            if len(captions) != len(tokens):
+                raise DataError(f"{self.dir}: {len(captions)} captions for {len(tokens)} grids in shard {shard}")
+            payload = json.dumps(list(captions), ensure_ascii=False)
+            atomic_write_bytes(self.dir / f"captions-{shard:05d}.json",
+                               lambda p: Path(p).write_text(payload, encoding="utf-8"))
         _save_npy(self.dir / f"shard-{shard:05d}.npy", tokens.cpu().numpy().astype(self.dtype))
 
     def finish(self, n: int) -> None:
@@ -114,7 +124,14 @@ def load_tokens(root: str | Path, split: str = "train") -> TokenDataset:
     labels = None
     if all(f.exists() for f in label_files):
         labels = torch.from_numpy(np.concatenate([np.load(f) for f in label_files]))
+    caption_files = [d / p.name.replace("shard-", "captions-").replace(".npy", ".json") for p in shards]
+    captions = None
+    if shards and all(f.exists() for f in caption_files):
+        captions = [c for f in caption_files for c in json.loads(f.read_text(encoding="utf-8"))]
     n = json.loads((d / "done.json").read_text())["n"]
     if len(tokens) != n:
         raise DataError(f"{d}: shards hold {len(tokens)} grids but done.json says {n}")
-    return TokenDataset(torch.from_numpy(tokens.astype(np.int64)), labels, meta)
+    if captions is not None and len(captions) != n:
+        raise DataError(f"{d}: caption files hold {len(captions)} captions for {n} grids; "
+                        "encode again into a new --out")
+    return TokenDataset(torch.from_numpy(tokens.astype(np.int64)), labels, meta, captions)

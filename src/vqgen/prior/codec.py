@@ -83,9 +83,9 @@ def load_codec(tokens_dir: str | Path) -> Codec:
 
 
 def splits_of(spec: str) -> list[str]:
-    """Standard splits of a dataset kind; a folder is one whole split called 'train'."""
+    """Standard splits of a dataset kind; folder, pairs and manifest are one whole split called 'train'."""
     kind, _ = parse_spec(spec)
-    return ["train", "test"] if kind == "fashion-mnist" else ["train"]
+    return ["train", "test"] if kind in ("fashion-mnist", "shapes") else ["train"]
 
 
 def encode_dataset(codec: Codec, spec: str, out: str | Path, splits: list[str] | None = None,
@@ -98,7 +98,8 @@ def encode_dataset(codec: Codec, spec: str, out: str | Path, splits: list[str] |
     for split in splits:
         data = load_images(spec, split, codec.resolution, codec.channels, progress=progress)
         meta = {"codec": codec.meta(), "vocab_size": codec.vocab_size, "source": spec,
-                "class_names": data.class_names, "resolution": codec.resolution, "channels": codec.channels}
+                "class_names": data.class_names, "resolution": codec.resolution, "channels": codec.channels,
+                "captioned": data.captions is not None}
         if isinstance(codec, PaletteCodec) and not (out / PALETTE_FILE).exists():
             out.mkdir(parents=True, exist_ok=True)
             pixels.save_palette(codec.palette, out / PALETTE_FILE)
@@ -111,7 +112,8 @@ def encode_dataset(codec: Codec, spec: str, out: str | Path, splits: list[str] |
                 with torch.inference_mode():
                     tokens = torch.cat([codec.encode(data.images[i:min(hi, i + batch_size)])
                                         for i in range(lo, hi, batch_size)])  # (n, h, w)
-                writer.write(s, tokens, data.labels[lo:hi] if data.labels is not None else None)
+                writer.write(s, tokens, data.labels[lo:hi] if data.labels is not None else None,
+                             data.captions[lo:hi] if data.captions is not None else None)
             bar.update(hi - lo)
         bar.close()
         writer.finish(len(data))
