@@ -53,3 +53,48 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int, scale: int = 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return path
+
+
+def _wrap(draw, text: str, font, width: int) -> list[str]:
+    """Greedy word wrap of ``text`` into lines no wider than ``width`` pixels."""
+    lines, line = [], ""
+    for word in text.split():
+        trial = f"{line} {word}".strip()
+        if line and draw.textlength(trial, font=font) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    return lines + ([line] if line else [])
+
+
+def save_captioned_grid(images: torch.Tensor, labels: list[str], path: str | Path, nrow: int,
+                        scale: int = 4, pad: int = 6) -> Path:
+    """Save uint8 (N, C, H, W) images as a PNG grid with a text label (wrapped) under each picture."""
+    from PIL import ImageDraw, ImageFont
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise ValueError("save_captioned_grid expects uint8 (N, C, H, W) images")
+    if len(labels) != images.shape[0]:
+        raise ValueError(f"{len(labels)} labels for {images.shape[0]} images")
+    n, c, h, w = images.shape
+    cell_w, cell_h = w * scale, h * scale
+    font = ImageFont.load_default()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    wrapped = [_wrap(probe, label, font, cell_w) for label in labels]
+    line_h = 12
+    text_h = line_h * max(len(lines) for lines in wrapped) + 4
+    rows = (n + nrow - 1) // nrow
+    canvas = Image.new("RGB", (nrow * (cell_w + pad) + pad, rows * (cell_h + text_h + pad) + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    arr = images.permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, C)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        x, y = pad + col * (cell_w + pad), pad + r * (cell_h + text_h + pad)
+        pic = Image.fromarray(arr[i][..., 0] if c == 1 else arr[i]).convert("RGB").resize((cell_w, cell_h), Image.NEAREST)
+        canvas.paste(pic, (x, y))
+        for k, line in enumerate(wrapped[i]):
+            draw.text((x, y + cell_h + 2 + k * line_h), line, fill=(0, 0, 0), font=font)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path

@@ -1,0 +1,218 @@
+"""Text-to-image training: the caption encoder + image-token decoder over pre-encoded token shards.
+
+Reads a captioned token directory (``vqgen encode`` of ``shapes``, ``pairs:`` or ``manifest:`` data);
+the image tokenizer never runs here. At step 0 a byte-level BPE is fitted on the training captions
+and saved in the run directory (``tokenizer.json``); a resumed run reloads it. With
+``text_encoder_path`` the caption encoder is a pretrained transformers model (BART-style, with its
+``tokenizer.json``) read from that local directory instead. The loop is the prior's: the batch of
+step s is a pure function of (seed, s), checkpoints restore it exactly.
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from ..data.tokens import TokenDataset, load_tokens
+from ..errors import ConfigError, DataError
+from ..text.bpe import TOKENIZER_FILE, CaptionTokenizer
+from ..text.dalle import TextToImage, TextToImageConfig, hf_text_encoder_config, load_hf_text_encoder
+from .common import (LoopConfig, OptimConfig, RunDir, autocast, batch_indices, check_finite, make_optimizer,
+                     progress_bar, setup_distributed, summary_writer)
+
+
+@dataclass
+class TextToImageTrainConfig:
+    model: TextToImageConfig = field(default_factory=lambda: TextToImageConfig(vocab_size=32, grid=(4, 4)))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=6e-4, betas=(0.9, 0.95), weight_decay=0.01))
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    bpe_vocab_size: int = 512          # the caption BPE fitted on the training captions
+    text_encoder_path: str | None = None  # a local transformers BART/T5/CLIP directory: its encoder and tokenizer
+    tokens: str = ""                   # captioned token directory; --tokens overrides
+
+    def __post_init__(self) -> None:
+        if self.model.freeze_text_encoder and not (self.text_encoder_path or self.model.hf_text_encoder):
+            raise ValueError("model.freeze_text_encoder needs a pretrained text encoder (text_encoder_path)")
+
+
+def caption_ids(tokenizer: CaptionTokenizer, captions: list[str], max_len: int, what: str) -> torch.Tensor:
+    """All captions → ids (N, max_len); over-long captions are truncated, counted and warned about once."""
+    ids, truncated = tokenizer.encode(captions, max_len)
+    if truncated:
+        warnings.warn(f"{what}: {truncated} of {len(captions)} captions are longer than {max_len} ids and were "
+                      "truncated", stacklevel=2)
+    return ids
+
+
+@torch.inference_mode()
+def bits_per_token(model: TextToImage, ids: torch.Tensor, tokens: torch.Tensor, batch_size: int = 256,
+                   device: str | torch.device = "cpu") -> float:
+    """Mean NLL in bits per image token of ``tokens`` (N, H, W) given captions ``ids`` (N, L)."""
+    was = model.training
+    model.eval()
+    total = 0.0
+    for i in range(0, len(tokens), batch_size):
+        t = tokens[i:i + batch_size].flatten(1).to(device)  # (b, HW)
+        total += float(model.loss(ids[i:i + batch_size].to(device), t)) * t.shape[0]
+    model.train(was)
+    return total / len(tokens) / math.log(2)
+
+
+def _check_data(cfg: TextToImageConfig, data: TokenDataset) -> None:
+    if tuple(cfg.grid) != data.grid or cfg.vocab_size != data.vocab_size:
+        raise ConfigError(f"the model expects grid {tuple(cfg.grid)} / vocabulary {cfg.vocab_size}, but the tokens "
+                          f"are grid {data.grid} / vocabulary {data.vocab_size}; set model.grid / model.vocab_size")
+    if data.captions is None:
+        raise DataError("the token directory has no captions: encode a captioned dataset (shapes, pairs:DIR, "
+                        "manifest:FILE)")
+
+
+def _caption_tokenizer(cfg: TextToImageTrainConfig, run: RunDir, captions: list[str], is_main: bool) -> CaptionTokenizer:
+    """The run's caption tokenizer: reloaded when the run has one, else fitted (or taken from the
+    pretrained text encoder's directory) and saved."""
+    saved = run.path / TOKENIZER_FILE
+    if saved.exists():
+        return CaptionTokenizer.load(saved)
+    if cfg.text_encoder_path:
+        tok = CaptionTokenizer.load(cfg.text_encoder_path)
+    else:
+        tok = CaptionTokenizer.train(captions, cfg.bpe_vocab_size)
+    if is_main:
+        tok.save(run.path)
+    return tok
+
+
+def prepare_config(cfg: TextToImageTrainConfig) -> TextToImageTrainConfig:
+    """Fill in what a pretrained text encoder fixes: its transformers config (so the architecture is
+    saved with the run and rebuilt without the original directory)."""
+    if cfg.text_encoder_path and cfg.model.hf_text_encoder is None:
+        cfg.model.hf_text_encoder = hf_text_encoder_config(cfg.text_encoder_path)
+    return cfg
+
+
+def train_text2img(cfg: TextToImageTrainConfig, out_dir: str | Path, tokens: str | None = None,
+                   progress: bool = True) -> tuple[TextToImage, CaptionTokenizer, dict]:
+    """Train (or resume) a text-to-image model into ``out_dir``; returns (model on CPU, tokenizer, metrics)."""
+    if tokens:
+        cfg.tokens = tokens
+    if not cfg.tokens:
+        raise ConfigError("no token directory: pass --tokens TOKENS_DIR (made by `vqgen encode` of captioned data)")
+    cfg = prepare_config(cfg)
+    train_data = load_tokens(cfg.tokens, "train")
+    test_data = load_tokens(cfg.tokens, "test") if (Path(cfg.tokens) / "test" / "done.json").exists() else None
+    _check_data(cfg.model, train_data)
+    run = RunDir(out_dir, cfg)
+    d = setup_distributed(cfg.loop.device)
+    ckpt = run.prepare(d.is_main)
+    tokenizer = _caption_tokenizer(cfg, run, train_data.captions, d.is_main)
+    specials = {"pad_id": tokenizer.pad_id, "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id}
+    if cfg.text_encoder_path is None and tokenizer.vocab_size > cfg.model.text_vocab_size:
+        raise ConfigError(f"the caption BPE has {tokenizer.vocab_size} entries but model.text_vocab_size is "
+                          f"{cfg.model.text_vocab_size}; make them agree (bpe_vocab_size ≤ model.text_vocab_size)")
+    if any(getattr(cfg.model, k) != v for k, v in specials.items()):
+        raise ConfigError(f"model special ids {[getattr(cfg.model, k) for k in specials]} do not match the caption "
+                          f"tokenizer's {list(specials.values())}; set model.pad_id / bos_id / eos_id")
+    loop = cfg.loop
+    if loop.batch_size % (d.world * loop.grad_accum):
+        raise ConfigError(f"batch_size {loop.batch_size} must split over {d.world} ranks × {loop.grad_accum} micro-batches")
+    max_len = cfg.model.max_text_len
+    train_ids = caption_ids(tokenizer, train_data.captions, max_len, f"{cfg.tokens} train")  # (N, L)
+    test_ids = caption_ids(tokenizer, test_data.captions, max_len, f"{cfg.tokens} test") if test_data else None
+
+    torch.manual_seed(loop.seed)
+    model = TextToImage(cfg.model)
+    if cfg.text_encoder_path and ckpt is None:
+        load_hf_text_encoder(model, cfg.text_encoder_path)
+    model.to(d.device)
+    opt, sched = make_optimizer(model.parameters(), cfg.optim, loop.max_steps)
+    parts = {"model": model, "optimizer": opt, "scheduler": sched}
+    start, clock = run.restore(ckpt, parts, announce=d.is_main)
+    loss_fn = DDP(_Loss(model)) if d.world > 1 else _Loss(model)
+
+    def evaluate() -> dict:
+        if test_data is None:
+            return {}
+        return {"test_bits_per_token": bits_per_token(model, test_ids, test_data.tokens, device=d.device)}
+
+    def save(step: int, metrics: dict) -> None:
+        if not d.is_main:
+            return
+        run.save(step, clock, parts)
+        model.save_pretrained(run.path, tokenizer)
+        if metrics:
+            (run.path / "metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
+
+    writer = summary_writer(run.path, start if ckpt is not None else None, d.is_main)
+    bar = progress_bar(loop.max_steps, start, progress and d.is_main, "text2img")
+    metrics: dict = {}
+    for step in range(start, loop.max_steps):
+        model.train()
+        idx = batch_indices(len(train_data), loop.batch_size, step, loop.seed, d.rank, d.world)
+        toks = train_data.tokens[idx].flatten(1).to(d.device)  # (b, HW)
+        ids = train_ids[idx].to(d.device)  # (b, L)
+        opt.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for im, tm in zip(ids.chunk(loop.grad_accum), toks.chunk(loop.grad_accum)):
+            with autocast(d.device):
+                loss = loss_fn(im, tm)
+            check_finite(loss.detach(), step, run.path)
+            (loss / loop.grad_accum).backward()
+            loss_sum += float(loss.detach()) / loop.grad_accum
+        if cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        opt.step()
+        sched.step()
+        done = step + 1
+        bar.update(1)
+        bar.set_postfix(bits=f"{loss_sum / math.log(2):.3f}")
+        if writer is not None and (done % loop.log_every == 0 or done == loop.max_steps):
+            writer.add_scalar("train/bits_per_token", loss_sum / math.log(2), done)
+            writer.add_scalar("train/lr", sched.get_last_lr()[0], done)
+        if done == loop.max_steps:
+            with clock.paused():
+                metrics = evaluate()
+            if writer is not None and metrics:
+                writer.add_scalar("test/bits_per_token", metrics["test_bits_per_token"], done)
+        if done % loop.save_every == 0 or done == loop.max_steps:
+            save(done, metrics)
+    bar.close()
+    if writer is not None:
+        writer.close()
+    if start >= loop.max_steps and d.is_main:
+        print(f"{run.path} is already trained to step {start}", flush=True)
+        saved = run.path / "metrics.json"
+        metrics = json.loads(saved.read_text()) if saved.exists() else {}
+    return model.cpu().eval(), tokenizer, metrics
+
+
+class _Loss(torch.nn.Module):
+    """The loss (with caption dropout) inside one forward, so DDP all-reduces its gradients."""
+
+    def __init__(self, model: TextToImage):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.loss(ids, tokens)
+
+
+# --- named presets --------------------------------------------------------------------------------
+
+def _tiny() -> TextToImageTrainConfig:
+    """Seconds on a CPU: for tests (a 32-code tiny tokenizer's 4×4 grids)."""
+    return TextToImageTrainConfig(
+        model=TextToImageConfig(vocab_size=32, grid=(4, 4), text_vocab_size=300, max_text_len=16, n_embd=32,
+                                n_head=2, n_enc_layer=1, n_dec_layer=2, caption_drop_prob=0.2, guidance_scale=2.0),
+        optim=OptimConfig(lr=3e-3, warmup_steps=5),
+        loop=LoopConfig(batch_size=16, max_steps=20, save_every=10, log_every=5),
+        bpe_vocab_size=300)
+
+
+TEXT2IMG_PRESETS = {
+    "tiny": _tiny,
+}
