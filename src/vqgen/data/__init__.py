@@ -18,7 +18,7 @@ from .shapes import load_shapes
 DATASET_KINDS = ("fashion-mnist", "folder", "shapes", "pairs", "manifest")
 CAPTIONED_KINDS = ("shapes", "pairs", "manifest")
 
-__all__ = ["CAPTIONED_KINDS", "DATASET_KINDS", "SPLITS", "ImageDataset", "cache_dir", "load_images", "parse_spec"]
+__all__ = ["splits_of", "CAPTIONED_KINDS", "DATASET_KINDS", "SPLITS", "ImageDataset", "cache_dir", "load_images", "parse_spec"]
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -33,6 +33,13 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
             hint = f" (for a folder of images write folder:{spec})"
         raise DataError(f"unknown dataset kind {kind!r} in {spec!r}; known kinds: {list(DATASET_KINDS)}{hint}")
     return kind, (path.strip() or None) if sep else None
+
+
+def splits_of(spec: str) -> list[str]:
+    """The splits a spec's kind has: train and test for fashion-mnist and shapes; folder, pairs and
+    manifest are one whole split called 'train'."""
+    kind, _ = parse_spec(spec)
+    return ["train", "test"] if kind in ("fashion-mnist", "shapes") else ["train"]
 
 
 def shapes_seed(spec: str) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..config import config_hash
-from ..data import load_images, parse_spec
+from ..data import load_images, splits_of
 from ..data.tokens import TokenWriter, read_meta
 from ..images import to_uint8
 from ..tokenizer.vqgan import VQTokenizer
@@ -80,12 +80,6 @@ def load_codec(tokens_dir: str | Path) -> Codec:
     if config_hash(model.cfg) != c["config_hash"]:
         raise ValueError(f"the tokenizer at {c['path']} is not the one {tokens_dir} was encoded with")
     return TokenizerCodec(model, c["path"])
-
-
-def splits_of(spec: str) -> list[str]:
-    """Standard splits of a dataset kind; folder, pairs and manifest are one whole split called 'train'."""
-    kind, _ = parse_spec(spec)
-    return ["train", "test"] if kind in ("fashion-mnist", "shapes") else ["train"]
 
 
 def encode_dataset(codec: Codec, spec: str, out: str | Path, splits: list[str] | None = None,

@@ -1,0 +1,1 @@
+"""Reranking text-to-image samples with an image–text model (CLIP-style)."""
