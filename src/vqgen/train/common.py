@@ -93,11 +93,16 @@ class Dist:
         return self.rank == 0
 
 
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without CUDA is a ConfigError."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' asked for, but CUDA is not available")
+    return torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
+
+
 def setup_distributed(device: str = "auto") -> Dist:
     """Read torchrun's environment; initialise the process group when there are several ranks."""
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' asked for, but CUDA is not available")
+    use_cuda = resolve_device(device).type == "cuda"
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
