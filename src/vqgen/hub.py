@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .config import from_dict, to_dict
-from .errors import WeightsError
+from .errors import ConfigError, WeightsError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -54,7 +54,7 @@ def read_config(directory: str | Path, kind: str, cls: type) -> Any:
         raise FileNotFoundError(f"{directory} is not a saved model directory: no {CONFIG_NAME}")
     payload = json.loads(path.read_text())
     if payload.get("kind") != kind:
-        raise ValueError(f"{directory} holds a {payload.get('kind')!r} model, not a {kind!r} model")
+        raise ConfigError(f"{directory} holds a {payload.get('kind')!r} model, not a {kind!r} model")
     return from_dict(cls, payload["config"])
 
 

@@ -51,43 +51,47 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from ..images import save_captioned_grid
     from ..text.generate import check_caption, generate_candidates, load_text2img_run
     keep = _check_counts(args.n, args.keep)
-    caption = check_caption(args.caption)
+    captions = [check_caption(c) for c in args.captions]
     scorer = None
     if args.clip:
-        from ..rerank.clip import load_clip
+        from ..rerank.clip import load_clip, rerank
         scorer = load_clip(args.clip)
     elif keep < args.n:
         raise ConfigError(f"--keep {keep} < --n {args.n} ranks candidates: give --clip CLIP_DIR")
     run = load_text2img_run(args.model)
-    images = generate_candidates(run, [caption], args.n, guidance_scale=args.guidance, temperature=args.temperature,
-                                 top_k=args.top_k, top_p=args.top_p, seed=args.seed)[0]  # (n, C, H, W)
-    if scorer is not None:
-        from ..rerank.clip import rerank
-        kept, scores = rerank(images, caption, scorer, keep)
-        images, labels = images[kept], [f"{caption} ({float(scores[i]):.1f})" for i in kept.tolist()]
-    else:
-        images, labels = images[:keep], [caption] * keep
-    path = save_captioned_grid(images, labels, args.out, nrow=min(keep, 4), scale=args.scale)
+    candidates = generate_candidates(run, captions, args.n, guidance_scale=args.guidance, temperature=args.temperature,
+                                     top_k=args.top_k, top_p=args.top_p, seed=args.seed)  # (N, n, C, H, W)
+    images, labels = [], []
+    for caption, cands in zip(captions, candidates):
+        if scorer is not None:
+            kept, scores = rerank(cands, caption, scorer, keep)
+            images.append(cands[kept])
+            labels += [f"{caption} ({float(scores[i]):.1f})" for i in kept.tolist()]
+        else:
+            images.append(cands[:keep])
+            labels += [caption] * keep
+    import torch
+    path = save_captioned_grid(torch.cat(images), labels, args.out, nrow=keep, scale=args.scale)
     how = f"best {keep} of {args.n} by CLIP score" if scorer is not None else f"{keep} samples, not reranked"
     scale = run.model.config.guidance_scale if args.guidance is None else args.guidance
-    print(f"wrote {path} ({how}; guidance {scale:g})")
+    print(f"wrote {path}: one row per caption, {how}; guidance {scale:g}")
 
 
-def _test_records(run_dir: str, captions_file: str | None) -> tuple[list[dict], bool]:
-    """The captions to evaluate: a user's JSONL file, or the test split of the run's shapes data."""
+def _test_records(run_dir: str, captions_file: str | None):
+    """(records, renders or None, by_objects_only): a user's JSONL file, or the test split of the run's
+    shapes data with its renders (on which the judge's own accuracy is reported)."""
+    from ..data import parse_spec, shapes_seed
     from ..data.records import read_records
-    if captions_file:
-        return read_records(captions_file), True
-    cfg = json.loads((Path(run_dir) / "train_config.json").read_text())
     from ..data.tokens import read_meta
-    source = read_meta(cfg["tokens"]).get("source", "")
-    if not source.startswith("shapes"):
+    if captions_file:
+        return read_records(captions_file), None, True
+    source = read_meta(json.loads((Path(run_dir) / "train_config.json").read_text())["tokens"]).get("source", "")
+    if parse_spec(source)[0] != "shapes":
         raise ConfigError(f"{run_dir} was trained on {source!r}, which has no attribute records: pass "
                           "--captions FILE.jsonl")
-    from ..data import parse_spec
     from ..data.shapes import load_shapes
-    _, seed = parse_spec(source)
-    return load_shapes(int(seed or 0), "test", n=None, progress=False).records, False
+    test = load_shapes(shapes_seed(source), "test", progress=False)
+    return test.records, (test.images, test.targets), False
 
 
 def cmd_eval_text2img(args: argparse.Namespace) -> None:
@@ -101,7 +105,7 @@ def cmd_eval_text2img(args: argparse.Namespace) -> None:
     scorer = load_clip(args.clip)
     run = load_text2img_run(args.run_dir)
     judge = ShapesJudge.from_pretrained(args.judge)
-    records, by_objects = _test_records(args.run_dir, args.captions)
+    records, renders, by_objects = _test_records(args.run_dir, args.captions)
     if args.n_captions:
         records = records[: args.n_captions]
 
@@ -109,13 +113,14 @@ def cmd_eval_text2img(args: argparse.Namespace) -> None:
         return generate_candidates(run, captions, n, guidance_scale=guidance_scale, seed=seed)
 
     scale = run.model.config.guidance_scale if args.guidance is None else args.guidance
-    report = evaluate_text2img(records, sample_fn, scorer.score, judge, guidance_scale=scale,
+    report = evaluate_text2img(records, sample_fn, scorer.score, judge, guidance_scale=scale, renders=renders,
                                n_candidates=args.candidates, seed=args.seed, progress=not args.json,
                                by_objects_only=by_objects)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print(format_report(report))
+    if args.report:
+        from ..hub import atomic_write_bytes
+        text = json.dumps(report, indent=2)
+        atomic_write_bytes(Path(args.report), lambda p: Path(p).write_text(text))
+    print(json.dumps(report) if args.json else format_report(report))
 
 
 def register(sub, train, evaluate) -> None:
@@ -136,8 +141,8 @@ def register(sub, train, evaluate) -> None:
     add_train_common(p)
     p.set_defaults(func=cmd_train_shapes_judge)
 
-    p = sub.add_parser("generate", help="images from a caption, reranked by CLIP")
-    p.add_argument("caption")
+    p = sub.add_parser("generate", help="images from captions, reranked by CLIP")
+    p.add_argument("captions", nargs="+", metavar="CAPTION")
     p.add_argument("--model", required=True, help="text-to-image run directory")
     p.add_argument("--clip", help="CLIP directory (vqgen's own or a transformers CLIPModel) to rank candidates")
     p.add_argument("--n", type=int, default=16, help="candidates to sample")
@@ -161,5 +166,6 @@ def register(sub, train, evaluate) -> None:
     p.add_argument("--candidates", type=int, default=8, help="candidates per caption for reranking")
     p.add_argument("--guidance", type=float, help="guided variant's scale (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--report", metavar="FILE", help="also write the JSON object to FILE")
+    p.add_argument("--json", action="store_true", help="print the JSON object instead of the table")
     p.set_defaults(func=cmd_eval_text2img)

@@ -206,13 +206,24 @@ class _Loss(torch.nn.Module):
 def _tiny() -> TextToImageTrainConfig:
     """Seconds on a CPU: for tests (a 32-code tiny tokenizer's 4×4 grids)."""
     return TextToImageTrainConfig(
-        model=TextToImageConfig(vocab_size=32, grid=(4, 4), text_vocab_size=300, max_text_len=16, n_embd=32,
+        model=TextToImageConfig(vocab_size=32, grid=(4, 4), text_vocab_size=300, max_text_len=32, n_embd=32,
                                 n_head=2, n_enc_layer=1, n_dec_layer=2, caption_drop_prob=0.2, guidance_scale=2.0),
         optim=OptimConfig(lr=3e-3, warmup_steps=5),
         loop=LoopConfig(batch_size=16, max_steps=20, save_every=10, log_every=5),
         bpe_vocab_size=300)
 
 
+def _shapes() -> TextToImageTrainConfig:
+    """Captions of the ``shapes`` dataset → 8×8 tokens of the ``shapes`` tokenizer (512 codes)."""
+    return TextToImageTrainConfig(
+        model=TextToImageConfig(vocab_size=512, grid=(8, 8), text_vocab_size=512, max_text_len=24, n_embd=256,
+                                n_head=8, n_enc_layer=2, n_dec_layer=4, caption_drop_prob=0.1, guidance_scale=3.0),
+        optim=OptimConfig(lr=1e-3, betas=(0.9, 0.95), weight_decay=0.01, warmup_steps=100, min_lr_ratio=0.1),
+        loop=LoopConfig(batch_size=32, max_steps=1500, save_every=500, log_every=25),
+        bpe_vocab_size=512)
+
+
 TEXT2IMG_PRESETS = {
     "tiny": _tiny,
+    "shapes": _shapes,
 }
