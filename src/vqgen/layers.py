@@ -208,6 +208,13 @@ class TransformerBlock(nn.Module):
         return x + self.mlp(self.ln2(x))  # (B, T, C)
 
 
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A boolean key mask (True = attend) as the additive mask (0 / −inf) that
+    ``F.scaled_dot_product_attention`` turns it into on every call: converting it once lets a decoding
+    loop skip that per-call conversion, with the same attention weights."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+
+
 class CrossAttention(nn.Module):
     """Multi-head attention from decoder positions to an encoded context (the caption).
 
@@ -237,7 +244,8 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, memory: tuple[torch.Tensor, torch.Tensor],
                 memory_mask: torch.Tensor | None = None) -> torch.Tensor:  # x: (B, T, C)
-        """``memory`` from :meth:`memory`; ``memory_mask`` (B, S) is True at real context tokens."""
+        """``memory`` from :meth:`memory`; ``memory_mask`` (B, S) is True at real context tokens (or
+        that mask through :func:`additive_mask`: 0 at real tokens, −inf at padding)."""
         b, t, c = x.shape
         q = self.q(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
         k, v = memory  # (B, nh, S, hd) each

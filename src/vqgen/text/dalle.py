@@ -211,20 +211,35 @@ class TextToImage(nn.Module):
         p = self.head.weight
         return [blk.attn.new_cache(batch, self.config.seq_len, device=p.device, dtype=p.dtype) for blk in self.blocks]
 
+    def _position_embeddings(self, pos: torch.Tensor) -> torch.Tensor:
+        """Embeddings (T, C) of decoder positions ``pos`` (T,): position s ≥ 1 gets grid cell s−1's
+        row + column embedding, position 0 ``start_pos``."""
+        cell = (pos - 1).clamp(min=0)  # (T,) grid cell of the token sitting at each position
+        where = (self.row_emb(self.cell_row[cell]) + self.col_emb(self.cell_col[cell]))  # (T, C)
+        return torch.where((pos == 0)[:, None], self.start_pos.expand_as(where), where)  # (T, C)
+
+    def position_table(self) -> torch.Tensor:
+        """The embeddings (H·W, C) of every decoder position, for ``decode(positions=...)``: a sampler
+        computes them once instead of once per step (the same values either way)."""
+        return self._position_embeddings(torch.arange(self.config.seq_len, device=self.cell_row.device))
+
     def decode(self, memories: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor,
                inputs: torch.Tensor, start: int, caches: list[KVCache] | None = None,
-               last_only: bool = False) -> torch.Tensor:
+               last_only: bool = False, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder over input positions ``start .. start+T-1`` → logits (B, T, V) (or (B, 1, V)).
 
         ``inputs`` (B, T) are decoder inputs: position 0 holds the start token, position s ≥ 1 the
         image token s−1; position s sits at grid cell s−1's embedding shifted by one (position 0 has
-        its own ``start_pos``), and its output predicts image token s.
+        its own ``start_pos``), and its output predicts image token s. ``mask`` (B, L) is the
+        caption mask of :meth:`encode_text` (bool, True at real tokens) or the same as an additive
+        float mask (0 / −inf, see :func:`vqgen.layers.additive_mask`). ``positions``: the
+        :meth:`position_table`, if the caller keeps one.
         """
         t = inputs.shape[1]
-        pos = torch.arange(start, start + t, device=inputs.device)  # (T,) decoder positions
-        cell = (pos - 1).clamp(min=0)  # (T,) grid cell of the token sitting at each position
-        where = (self.row_emb(self.cell_row[cell]) + self.col_emb(self.cell_col[cell]))  # (T, C)
-        where = torch.where((pos == 0)[:, None], self.start_pos.expand_as(where), where)  # (T, C)
+        if positions is None:
+            where = self._position_embeddings(torch.arange(start, start + t, device=inputs.device))  # (T, C)
+        else:
+            where = positions[start:start + t]  # (T, C)
         x = self.drop(self.tok_emb(inputs) + where)  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = block(x, memories[i], mask, None if caches is None else caches[i])  # (B, T, C)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ..layers import additive_mask
 from ..prior.sampling import check_sampling_options, eval_mode, pick_next
 from .dalle import TextToImage
 
@@ -44,16 +45,19 @@ def sample_tokens(model: TextToImage, ids: torch.Tensor, *, temperature: float =
 
     with eval_mode(model):
         states, mask = model.encode_text(ids)  # (B, L, C), (B, L)
+        # the bool caption mask as the additive mask attention would convert it to at every call
+        mask = additive_mask(mask, states.dtype)  # (B, L): 0 at real tokens, -inf at padding
         if use_cache:
             memories = model.memories(states)  # per layer: 2 × (B, nh, L, hd), once per caption
             caches = model.new_caches(b)
-            logits = model.decode(memories, mask, inputs[:, :1], 0, caches)  # (B, 1, V)
+            positions = model.position_table()  # (HW, C), once instead of once per step
+            logits = model.decode(memories, mask, inputs[:, :1], 0, caches, positions=positions)  # (B, 1, V)
             for i in range(seq):
                 tok = pick(logits[:, -1])  # (n,)
                 out[:, i] = tok
                 if i + 1 < seq:
                     step_in = torch.cat([tok, tok])[:, None] if guided else tok[:, None]  # (B, 1)
-                    logits = model.decode(memories, mask, step_in, i + 1, caches)  # (B, 1, V)
+                    logits = model.decode(memories, mask, step_in, i + 1, caches, positions=positions)  # (B, 1, V)
         else:
             for i in range(seq):
                 logits = model.decode(model.memories(states), mask, inputs[:, :i + 1], 0, last_only=True)  # (B, 1, V)
