@@ -120,13 +120,62 @@ def prior_sections(lines: list[str]) -> None:
                   f"on {j['n_images']} test images (re-split copy).", ""]
 
 
+def pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f} %"
+
+
+def text2img_sections(lines: list[str]) -> None:
+    r = load("text2img")
+    if r:
+        lines += ["## Text to image on `shapes` (DALL·E-mini style)", "", f"Command: `{r['command']}`  ",
+                  machine_line(r) + "  ", f"Data: {r['note']}. {r['n_captions']} test captions, "
+                  f"{r['n_candidates']} candidates each; preset `{r['preset']}` "
+                  f"({r['params_text2img'] / 1e6:.1f} M parameters).", "",
+                  f"Judge (a separate per-cell classifier, never trained on generated images): "
+                  f"{pct(r['judge_accuracy_on_renders'])} fully correct on the test renders. Fully correct = every "
+                  "attribute the caption states is right (shape, colour, size, position, relation, object count). "
+                  f"Guided = super-conditioning at scale {r['guidance_scale']:g}; rerank = CLIP's best of "
+                  f"{r['n_candidates']}, from the same draws as the unranked first candidate.", "",
+                  "| captions | no rerank | rerank | no rerank, guided | rerank, guided |", "|---|---|---|---|---|"]
+        for g in ("single", "two", "heldout"):
+            m = r[g]
+            lines.append(f"| {g} | {pct(m['no_rerank'])} | {pct(m['rerank8'])} | {pct(m['no_rerank_guided'])} | "
+                         f"{pct(m['rerank8_guided'])} |")
+        lines += ["", "Per attribute (no rerank, guided): " + ", ".join(
+            f"{k} {pct(v)}" for k, v in r["per_attribute"].items()) + ".", "",
+                  "Super-conditioning sweep (first captions of the test split, one sample each, fully correct):", "",
+                  "| scale | single | two | held out | mean |", "|---|---|---|---|---|"]
+        for row in r["guidance_sweep"]:
+            lines.append(f"| {row['guidance_scale']:g} | {pct(row['single'])} | {pct(row['two'])} | "
+                         f"{pct(row['heldout'])} | {pct(row['mean'])} |")
+        t = r["train_seconds"]
+        lines += ["", "Training seconds: " + ", ".join(f"{k} {f(v, 0)}" for k, v in t.items()) +
+                  f"; evaluation {f(r['eval_seconds'], 0)} s.", "", "![text to image](images/text2img.png)", ""]
+    s_ = load("text2img_sampling")
+    if s_:
+        kv = s_["kv_tokens_per_s"]
+        lines += ["## Text-to-image sampling speed", "", f"Command: `{s_['command']}`  ", machine_line(s_) + "  ",
+                  f"Dimensions of `{s_['config_source']}`: d={s_['n_embd']}, {s_['n_enc_layer']} encoder + "
+                  f"{s_['n_dec_layer']} decoder layers, {s_['grid'][0]}×{s_['grid'][1]} tokens, caption "
+                  f"{s_['caption_len']}, batch {s_['batch']} with super-conditioning ({s_['rows_per_step']} rows a step), "
+                  "random weights.", "",
+                  "| sampler | image tokens/s | vqgen KV is |", "|---|---|---|",
+                  f"| vqgen, KV cache + caption K/V once | {f(kv, 0)} | 1.00× |"]
+        for key, label in (("naive", "vqgen, naive recomputation"), ("hf", "HF `BartForConditionalGeneration.generate`"),
+                           ("min_dalle", "min-dalle `DalleBartDecoder` loop")):
+            v = s_.get(f"{key}_tokens_per_s")
+            lines.append(f"| {label} | {f(v, 0)} | {f(kv / v) + '×' if v else '–'} |")
+        lines += ["", f"HF: {s_['hf_guidance']}.", ""]
+
+
 def main() -> None:
     lines = ["# Benchmarks", "",
              "Rendered by `python benchmarks/report.py` from `benchmarks/results/*.json`; each section names the command "
              "that produced it. Fashion-MNIST here is the re-split copy in `../shared/data/fashion-mnist` (60 000 train / "
              "10 000 test, **not the official test split**), so numbers are not comparable with published ones. "
              "Timings are from a shared 2-core CPU and are noisy; compare ratios within one run.", ""]
-    for section in (tokenizer_section, folder_section, throughput_section, prior_sections, sampling_section):
+    for section in (text2img_sections, tokenizer_section, folder_section, throughput_section, prior_sections,
+                    sampling_section):
         section(lines)
     out = REPO / "docs" / "benchmarks.md"
     out.write_text("\n".join(lines) + "\n")

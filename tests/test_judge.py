@@ -15,14 +15,6 @@ from vqgen.eval.fd import feature_stats, frechet_distance, frechet_distance_from
 from vqgen.eval.judge import JudgeClassifier, JudgeConfig, to_model_range
 from vqgen.train.classifier import CLASSIFIER_PRESETS, ClassifierTrainConfig, augment_batch, train_classifier
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one intra-op thread is as fast alone and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 SMALL = JudgeConfig(widths=(8, 16), blocks=(1, 1), feature_dim=16, norm_groups=4, resolution=16, num_classes=3)
 

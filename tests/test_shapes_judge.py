@@ -18,14 +18,6 @@ from vqgen.train.shapes_judge import (SHAPES_JUDGE_PRESETS, judge_loss, render_s
                                       training_batch)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SMALL = ShapesJudgeConfig(widths=(8, 16), blocks=(1, 1), feature_dim=16, norm_groups=4, patch=4)
 COLOR_NAMES = tuple(COLORS)
 

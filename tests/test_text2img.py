@@ -19,14 +19,6 @@ COLOURS = ["red", "green", "blue", "yellow"]
 SHAPES = ["circle", "square"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_config(**kw) -> TextToImageConfig:
     base = dict(vocab_size=16, grid=(3, 3), text_vocab_size=300, max_text_len=10, n_embd=32, n_head=2,
                 n_enc_layer=1, n_dec_layer=2, caption_drop_prob=0.2)

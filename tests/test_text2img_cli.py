@@ -13,14 +13,6 @@ from vqgen.data.records import write_records
 from vqgen.data.shapes import load_shapes
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Tiny tokenizer, tokens, text-to-image model, CLIP and judge, all made through the CLI."""

@@ -12,14 +12,6 @@ from vqgen.eval.shapes_judge import ShapesJudge, ShapesJudgeConfig
 from vqgen.eval.text2img import evaluate_text2img, format_report, judge_record
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 C = tuple(COLORS)
 HELD_COLOR, HELD_SHAPE = HELD_OUT[0]
 # a (colour, shape) pair that is not held out, and a different one

@@ -6,10 +6,14 @@ and swish, stride-2 convolution down, nearest-neighbour + convolution up, single
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+
+from .errors import ConfigError
 
 
 def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
@@ -273,3 +277,109 @@ class DecoderBlock(nn.Module):
         x = x + self.attn(self.ln1(x), cache)  # (B, T, C)
         x = x + self.cross(self.ln2(x), memory, memory_mask)  # (B, T, C)
         return x + self.mlp(self.ln3(x))  # (B, T, C)
+
+
+# ---------------------------------------------------------------------------------------------
+# The convolutional image tower of the small classifiers (the judge, the shapes judge, CLIP's image side).
+
+
+class ConvTower(nn.Module):
+    """Images (B, in_channels, H, W) → features (B, out_channels, H / f, W / f), f = patch · 2^(S−1).
+
+    A stem that folds each ``patch``×``patch`` pixel block into channels (``pixel_unshuffle``: lossless,
+    and much cheaper on a CPU than narrow convolutions at full resolution) followed by a 3×3 convolution;
+    then S stages, stage i holding ``blocks[i]`` :class:`ResnetBlock` s of ``widths[i]`` channels, with a
+    stride-2 :class:`Downsample` before every stage but the first; then a 1×1 projection to
+    ``out_channels`` (none when it is None: the output keeps ``widths[-1]`` channels), GroupNorm and swish.
+    Check a config's sizes with :func:`check_tower_config`.
+    """
+
+    def __init__(self, in_channels: int, widths: tuple[int, ...], blocks: tuple[int, ...], patch: int = 1,
+                 groups: int = 32, out_channels: int | None = None):
+        super().__init__()
+        self.patch = patch
+        self.stem = nn.Conv2d(in_channels * patch ** 2, widths[0], 3, padding=1)
+        stages = []
+        ch = widths[0]
+        for i, (width, n_blocks) in enumerate(zip(widths, blocks)):
+            layers: list[nn.Module] = [Downsample(ch)] if i > 0 else []
+            for _ in range(n_blocks):
+                layers.append(ResnetBlock(ch, width, dropout=0.0, groups=groups))
+                ch = width
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.Sequential(*stages)
+        self.proj = nn.Identity() if out_channels is None else nn.Conv2d(ch, out_channels, 1)
+        self.out_channels = ch if out_channels is None else out_channels
+        self.norm_out = group_norm(self.out_channels, groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, Cin, H, W) -> (B, Cout, H / f, W / f)
+        p = self.patch
+        h = self.stem(F.pixel_unshuffle(x, p) if p > 1 else x)  # (B, widths[0], H / p, W / p)
+        h = self.stages(h)  # (B, widths[-1], H / f, W / f)
+        return F.silu(self.norm_out(self.proj(h)))  # (B, Cout, H / f, W / f)
+
+
+def check_tower_config(what: str, resolution: int, widths: tuple[int, ...], blocks: tuple[int, ...], patch: int,
+                       norm_groups: int, out_channels: tuple[int, ...] = (), min_map: int = 1) -> None:
+    """ConfigError (prefixed ``what``) unless a :class:`ConvTower` can be built from these sizes and turns
+    ``resolution``² images into a feature map of at least ``min_map``² cells; ``out_channels`` (already
+    checked ≥ 1) are further channel counts that must split into the GroupNorm groups."""
+    if not widths or any(w < 1 for w in widths):
+        raise ConfigError(f"{what}: widths must be a non-empty list of positive ints, got {list(widths)}")
+    if len(blocks) != len(widths) or any(b < 1 for b in blocks):
+        raise ConfigError(f"{what}: blocks must give one count >= 1 per stage ({len(widths)} stages), "
+                          f"got {list(blocks)}")
+    if patch < 1:
+        raise ConfigError(f"{what}: patch must be >= 1, got {patch}")
+    factor = patch * 2 ** (len(widths) - 1)
+    if resolution % factor or resolution // factor < min_map:
+        small = f" or leaves a feature map smaller than {min_map}×{min_map}" if min_map > 1 else ""
+        raise ConfigError(f"{what}: resolution {resolution} is not divisible by {factor} "
+                          f"(patch {patch}, {len(widths)} stages){small}")
+    if norm_groups < 1:
+        raise ConfigError(f"{what}: norm_groups must be >= 1, got {norm_groups}")
+    for ch in (*widths, *out_channels):
+        if ch % min(norm_groups, ch):
+            raise ConfigError(f"{what}: {ch} channels do not split into {norm_groups} GroupNorm groups")
+
+
+# ---------------------------------------------------------------------------------------------
+# GPT-2 initialisation and token checks, shared by the stage-2 prior and the text-to-image decoder.
+
+
+def _normal_init(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+def init_gpt_weights(model: nn.Module, blocks: nn.Module, n_residual: int, skip: tuple[str, ...] = ()) -> None:
+    """GPT-2 initialisation (Radford et al. 2019, section 2.3) of ``model``: every Linear and Embedding
+    weight of its children and its own parameters (e.g. a learned position vector) N(0, 0.02), Linear
+    biases zero; then the residual projections in ``blocks`` (parameters named ``…proj.weight``)
+    N(0, 0.02 / sqrt(n_residual)), ``n_residual`` being the number of residual branches in the stack.
+    Children named in ``skip`` (a pretrained encoder) are left as they are."""
+    for name, child in model.named_children():
+        if name not in skip:
+            child.apply(_normal_init)
+    for p in model.parameters(recurse=False):
+        nn.init.normal_(p, mean=0.0, std=0.02)
+    for name, p in blocks.named_parameters():
+        if name.endswith("proj.weight"):
+            nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(n_residual))
+
+
+def check_token_ids(tokens: torch.Tensor, vocab_size: int, length: int, what: str = "tokens",
+                    whole: bool = False) -> None:
+    """ValueError unless ``tokens`` is a (B, L) torch.long tensor of ids in [0, vocab_size) with
+    L ≤ ``length`` (L == ``length`` with ``whole``)."""
+    if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long or tokens.dim() != 2:
+        got = f"{tuple(tokens.shape)} {tokens.dtype}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+        raise ValueError(f"{what} must be a (B, L) torch.long tensor, got {got}")
+    if whole and tokens.shape[1] != length:
+        raise ValueError(f"{what}: need whole grids of {length} tokens, got {tokens.shape[1]}")
+    if tokens.shape[1] > length:
+        raise ValueError(f"{what}: {tokens.shape[1]} tokens exceed the grid's {length}")
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size):
+        raise ValueError(f"{what} must be ids in [0, {vocab_size}), got [{int(tokens.min())}, {int(tokens.max())}]")

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from ..errors import DataError
-from .base import ImageDataset, check_image_args
-from .folder import IMAGE_EXTENSIONS, decode_images, find_images
+from .base import ImageDataset
+from .folder import IMAGE_EXTENSIONS, check_folder, decode_images, find_images, resolve_source
 
 MAX_CAPTION_CHARS = 1000
 # no_caption: image without a .txt   empty: blank caption   undecodable: caption not UTF-8
@@ -115,12 +115,8 @@ def load_pairs(
     source: str = "",
 ) -> ImageDataset:
     """Every image under ``root`` with a same-named UTF-8 ``.txt`` caption beside it (one whole split)."""
-    check_image_args(resolution, channels)
-    root = Path(root).expanduser()
-    source = source or f"pairs:{root}"
-    if not root.is_dir():
-        problem = "is not a folder" if root.exists() else "does not exist"
-        raise DataError(f"{source}: folder {root} {problem}")
+    root, source = resolve_source(root, resolution, channels, "pairs", source)
+    check_folder(root, source)
     paths = find_images(root)
     if not paths:
         raise DataError(f"{source}: no images in {root} (no files with extension {', '.join(IMAGE_EXTENSIONS)}); "
@@ -178,9 +174,7 @@ def load_manifest(
     source: str = "",
 ) -> ImageDataset:
     """The (image, caption) rows of a ``.jsonl`` or ``.csv`` manifest (one whole split)."""
-    check_image_args(resolution, channels)
-    path = Path(manifest).expanduser()
-    source = source or f"manifest:{path}"
+    path, source = resolve_source(manifest, resolution, channels, "manifest", source)
     if not path.is_file():
         raise DataError(f"{source}: manifest file {path} does not exist")
     if path.suffix.lower() not in MANIFEST_SUFFIXES:

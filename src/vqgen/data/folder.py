@@ -41,6 +41,22 @@ def find_images(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).parts)
 
 
+def resolve_source(path: str | Path, resolution: int, channels: int, scheme: str, source: str) -> tuple[Path, str]:
+    """What every file loader does first: check the image arguments, then return (``path`` with ``~``
+    expanded, the dataset's source name: ``source``, or ``scheme:path`` when it is empty)."""
+    check_image_args(resolution, channels)
+    path = Path(path).expanduser()
+    return path, source or f"{scheme}:{path}"
+
+
+def check_folder(root: Path, source: str) -> None:
+    """DataError unless ``root`` is an existing folder."""
+    if not root.exists():
+        raise DataError(f"{source}: folder {root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"{source}: {root} is not a folder")
+
+
 def _normalise_mode(img: Image.Image) -> Image.Image:
     """Bring 16-bit/float grey to 8-bit and composite transparency over white (hidden pixels must not leak)."""
     if img.mode in ("I", "F") or img.mode.startswith("I;16"):
@@ -120,13 +136,8 @@ def load_folder(
     Returns uint8 (N, channels, resolution, resolution) images; labels from first-level subfolders
     when every image is inside one, else None.
     """
-    check_image_args(resolution, channels)
-    root = Path(root).expanduser()
-    source = source or f"folder:{root}"
-    if not root.exists():
-        raise DataError(f"{source}: folder {root} does not exist")
-    if not root.is_dir():
-        raise DataError(f"{source}: {root} is not a folder")
+    root, source = resolve_source(root, resolution, channels, "folder", source)
+    check_folder(root, source)
     paths = find_images(root)
     if not paths:
         raise DataError(

@@ -5,7 +5,7 @@ were asked for, and the Fréchet distance between its penultimate features on sa
 test images (see ``vqgen.eval.fd``). Numbers from it are "judge FD", never "FID": they are only
 comparable between runs that use the same judge directory.
 
-Architecture: a stem that folds each ``patch``×``patch`` pixel block into channels
+Architecture (``vqgen.layers.ConvTower``): a stem that folds each ``patch``×``patch`` pixel block into channels
 (``pixel_unshuffle``: lossless, and much cheaper on a CPU than narrow convolutions at full
 resolution) followed by a 3×3 convolution, then per stage ``blocks`` pre-activation ResNet blocks
 (``vqgen.layers.ResnetBlock``) with a stride-2 ``Downsample`` between stages, then a 1×1
@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
 from ..hub import load_pretrained, save_pretrained
 from ..images import to_model_range  # noqa: F401  (re-exported: callers turn uint8 batches into model input)
-from ..layers import Downsample, ResnetBlock, group_norm
+from ..layers import ConvTower, check_tower_config
 
 KIND = "judge"
 
@@ -48,26 +47,12 @@ class JudgeConfig:
             raise ConfigError(f"judge: channels must be >= 1, got {self.channels}")
         if self.num_classes < 2:
             raise ConfigError(f"judge: num_classes must be >= 2, got {self.num_classes}")
-        if not self.widths or any(w < 1 for w in self.widths):
-            raise ConfigError(f"judge: widths must be a non-empty list of positive ints, got {list(self.widths)}")
-        if len(self.blocks) != len(self.widths) or any(b < 1 for b in self.blocks):
-            raise ConfigError(f"judge: blocks must give one count >= 1 per stage ({len(self.widths)} stages), "
-                              f"got {list(self.blocks)}")
-        if self.patch < 1:
-            raise ConfigError(f"judge: patch must be >= 1, got {self.patch}")
-        factor = self.patch * 2 ** (len(self.widths) - 1)
-        if self.resolution < factor or self.resolution % factor:
-            raise ConfigError(f"judge: resolution {self.resolution} is not divisible by {factor} "
-                              f"(patch {self.patch}, {len(self.widths)} stages)")
         if self.feature_dim < 1:
             raise ConfigError(f"judge: feature_dim must be >= 1, got {self.feature_dim}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"judge: dropout must be in [0, 1), got {self.dropout}")
-        if self.norm_groups < 1:
-            raise ConfigError(f"judge: norm_groups must be >= 1, got {self.norm_groups}")
-        for ch in (*self.widths, self.feature_dim):
-            if ch % min(self.norm_groups, ch):
-                raise ConfigError(f"judge: {ch} channels do not split into {self.norm_groups} GroupNorm groups")
+        check_tower_config("judge", self.resolution, self.widths, self.blocks, self.patch, self.norm_groups,
+                           out_channels=(self.feature_dim,))
 
 
 class JudgeClassifier(nn.Module):
@@ -76,19 +61,8 @@ class JudgeClassifier(nn.Module):
     def __init__(self, config: JudgeConfig):
         super().__init__()
         self.config = config
-        g = config.norm_groups
-        self.stem = nn.Conv2d(config.channels * config.patch ** 2, config.widths[0], 3, padding=1)
-        stages = []
-        ch = config.widths[0]
-        for i, (width, n_blocks) in enumerate(zip(config.widths, config.blocks)):
-            layers: list[nn.Module] = [Downsample(ch)] if i > 0 else []
-            for _ in range(n_blocks):
-                layers.append(ResnetBlock(ch, width, dropout=0.0, groups=g))
-                ch = width
-            stages.append(nn.Sequential(*layers))
-        self.stages = nn.Sequential(*stages)
-        self.proj = nn.Conv2d(ch, config.feature_dim, 1)
-        self.norm_out = group_norm(config.feature_dim, g)
+        self.tower = ConvTower(config.channels, config.widths, config.blocks, config.patch, config.norm_groups,
+                               out_channels=config.feature_dim)
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.feature_dim, config.num_classes)
 
@@ -106,10 +80,7 @@ class JudgeClassifier(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) in [-1, 1] -> (B, feature_dim) pooled penultimate features."""
         self._check_input(x)
-        p = self.config.patch
-        h = self.stem(F.pixel_unshuffle(x, p) if p > 1 else x)  # (B, widths[0], H / p, W / p)
-        h = self.stages(h)  # (B, widths[-1], H / (p 2^(S-1)), W / (p 2^(S-1)))
-        h = F.silu(self.norm_out(self.proj(h)))  # (B, feature_dim, h, w)
+        h = self.tower(x)  # (B, feature_dim, H / (p 2^(S-1)), W / (p 2^(S-1)))
         return h.mean(dim=(2, 3))  # (B, feature_dim)
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:

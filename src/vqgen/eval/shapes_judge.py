@@ -6,9 +6,9 @@ with a shape, a colour and a size. The judge reads all of it back: for each of t
 graded with it (``vqgen.eval.text2img``); it is trained on renders only (``vqgen.train.shapes_judge``),
 never on generated images, and has nothing to do with the CLIP model used for re-ranking.
 
-Architecture: the judge classifier's tower (``vqgen.eval.judge``: a ``pixel_unshuffle`` stem, stages of
-``vqgen.layers.ResnetBlock`` with a stride-2 ``Downsample`` between them), a 1×1 projection to
-``feature_dim`` channels with GroupNorm and swish, adaptive average pooling to the 3×3 grid, and per
+Architecture: the judge classifier's tower (``vqgen.layers.ConvTower``: a ``pixel_unshuffle`` stem, stages of
+``vqgen.layers.ResnetBlock`` with a stride-2 ``Downsample`` between them, a 1×1 projection to
+``feature_dim`` channels with GroupNorm and swish), adaptive average pooling to the 3×3 grid, and per
 cell its own linear heads (weights not shared between cells) for shape, colour and size logits.
 
 The names of the shapes, colours and sizes are part of the saved config, so a judge decodes its
@@ -29,7 +29,7 @@ from ..data.shapes import COLORS, POSITIONS, SHAPES, SIZES
 from ..errors import ConfigError
 from ..hub import load_pretrained, save_pretrained
 from ..images import to_model_range
-from ..layers import Downsample, ResnetBlock, group_norm
+from ..layers import ConvTower, check_tower_config
 
 KIND = "shapes-judge"
 GRID = 3  # cells per side; cell index = row * 3 + col, named by ``POSITIONS``
@@ -55,25 +55,10 @@ class ShapesJudgeConfig:
         for what, names in (("shapes", self.shapes), ("colors", self.colors), ("sizes", self.sizes)):
             if len(names) < 2 or len(set(names)) != len(names):
                 raise ConfigError(f"shapes judge: {what} must be at least 2 distinct names, got {list(names)}")
-        if not self.widths or any(w < 1 for w in self.widths):
-            raise ConfigError(f"shapes judge: widths must be a non-empty list of positive ints, "
-                              f"got {list(self.widths)}")
-        if len(self.blocks) != len(self.widths) or any(b < 1 for b in self.blocks):
-            raise ConfigError(f"shapes judge: blocks must give one count >= 1 per stage ({len(self.widths)} stages), "
-                              f"got {list(self.blocks)}")
-        if self.patch < 1:
-            raise ConfigError(f"shapes judge: patch must be >= 1, got {self.patch}")
-        factor = self.patch * 2 ** (len(self.widths) - 1)
-        if self.resolution % factor or self.resolution // factor < GRID:
-            raise ConfigError(f"shapes judge: resolution {self.resolution} must be divisible by {factor} (patch "
-                              f"{self.patch}, {len(self.widths)} stages) and leave a feature map of at least "
-                              f"{GRID}×{GRID}")
-        if self.feature_dim < 1 or self.norm_groups < 1:
-            raise ConfigError(f"shapes judge: feature_dim and norm_groups must be >= 1, got "
-                              f"{self.feature_dim}, {self.norm_groups}")
-        for ch in (*self.widths, self.feature_dim):
-            if ch % min(self.norm_groups, ch):
-                raise ConfigError(f"shapes judge: {ch} channels do not split into {self.norm_groups} GroupNorm groups")
+        if self.feature_dim < 1:
+            raise ConfigError(f"shapes judge: feature_dim must be >= 1, got {self.feature_dim}")
+        check_tower_config("shapes judge", self.resolution, self.widths, self.blocks, self.patch, self.norm_groups,
+                           out_channels=(self.feature_dim,), min_map=GRID)
 
     @property
     def head_sizes(self) -> tuple[int, int, int]:
@@ -87,19 +72,8 @@ class ShapesJudge(nn.Module):
     def __init__(self, config: ShapesJudgeConfig):
         super().__init__()
         self.config = config
-        g = config.norm_groups
-        self.stem = nn.Conv2d(3 * config.patch ** 2, config.widths[0], 3, padding=1)
-        stages = []
-        ch = config.widths[0]
-        for i, (width, n_blocks) in enumerate(zip(config.widths, config.blocks)):
-            layers: list[nn.Module] = [Downsample(ch)] if i > 0 else []
-            for _ in range(n_blocks):
-                layers.append(ResnetBlock(ch, width, dropout=0.0, groups=g))
-                ch = width
-            stages.append(nn.Sequential(*layers))
-        self.stages = nn.Sequential(*stages)
-        self.proj = nn.Conv2d(ch, config.feature_dim, 1)
-        self.norm_out = group_norm(config.feature_dim, g)
+        self.tower = ConvTower(3, config.widths, config.blocks, config.patch, config.norm_groups,
+                               out_channels=config.feature_dim)
         k = sum(config.head_sizes)
         cells = GRID * GRID
         # One linear map per cell, all heads together: (cells, feature_dim, k) weights.
@@ -113,10 +87,7 @@ class ShapesJudge(nn.Module):
             raise ValueError(f"shapes judge expects (B, 3, {r}, {r}) images, got {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"shapes judge expects float images in [-1, 1] (see to_model_range), got {x.dtype}")
-        p = self.config.patch
-        h = self.stem(F.pixel_unshuffle(x, p) if p > 1 else x)  # (B, widths[0], R / p, R / p)
-        h = self.stages(h)  # (B, widths[-1], h, w)
-        h = F.silu(self.norm_out(self.proj(h)))  # (B, feature_dim, h, w)
+        h = self.tower(x)  # (B, feature_dim, h, w)
         cells = F.adaptive_avg_pool2d(h, GRID).flatten(2).transpose(1, 2)  # (B, 9, feature_dim)
         logits = torch.einsum("bnd,ndk->bnk", cells, self.head_weight) + self.head_bias  # (B, 9, K)
         n_shape, n_color, n_size = self.config.head_sizes

@@ -13,7 +13,6 @@ cell, the condition token a learned prefix position.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..hub import load_pretrained, save_pretrained
-from ..layers import KVCache, TransformerBlock
+from ..layers import KVCache, TransformerBlock, check_token_ids, init_gpt_weights
 
 KIND = "prior"
 
@@ -82,21 +81,7 @@ class GPTPrior(nn.Module):
         cells = torch.arange(h * w)
         self.register_buffer("cell_row", cells // w, persistent=False)  # (HW,)
         self.register_buffer("cell_col", cells % w, persistent=False)  # (HW,)
-        self.apply(self._init_weights)
-        nn.init.normal_(self.prefix_pos, std=0.02)
-        # GPT-2: residual projections scaled by 1/sqrt(2·n_layer) (Radford et al. 2019, section 2.3)
-        for name, p in self.named_parameters():
-            if name.endswith("proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        init_gpt_weights(self, self.blocks, n_residual=2 * config.n_layer)  # two residual branches per block
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -105,14 +90,7 @@ class GPTPrior(nn.Module):
 
     def check_tokens(self, tokens: torch.Tensor, what: str = "tokens") -> None:
         """ValueError unless ``tokens`` is a (B, L) long tensor of ids in [0, vocab_size), L ≤ H·W."""
-        if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long or tokens.dim() != 2:
-            got = f"{tuple(tokens.shape)} {tokens.dtype}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
-            raise ValueError(f"{what} must be a (B, L) torch.long tensor, got {got}")
-        if tokens.shape[1] > self.config.seq_len:
-            raise ValueError(f"{what}: {tokens.shape[1]} tokens exceed the grid's {self.config.seq_len}")
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.config.vocab_size):
-            raise ValueError(f"{what}: ids must be in [0, {self.config.vocab_size}), got "
-                             f"[{int(tokens.min())}, {int(tokens.max())}]")
+        check_token_ids(tokens, self.config.vocab_size, self.config.seq_len, what)
 
     def cond_ids(self, cond: torch.Tensor | None, batch: int) -> torch.Tensor:
         """Validated condition ids (B,): the classes, or the null id everywhere when ``cond`` is None."""

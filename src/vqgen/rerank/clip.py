@@ -4,9 +4,9 @@ CLIP (Radford et al. 2021, https://arxiv.org/abs/2103.00020) embeds images and c
 space where a matching pair has a high cosine similarity; it is trained with a symmetric InfoNCE
 loss over the in-batch pairs (van den Oord et al. 2018, https://arxiv.org/abs/1807.03748).
 
-- Image side: a small convolutional tower (a ``pixel_unshuffle`` stem as in ``vqgen.eval.judge``,
-  then ``vqgen.layers.ResnetBlock`` stages, stride-2
-  ``Downsample`` between them), GroupNorm, swish, global average pooling, linear projection.
+- Image side: a small convolutional tower (``vqgen.layers.ConvTower``, as in ``vqgen.eval.judge``: a
+  ``pixel_unshuffle`` stem, then ``vqgen.layers.ResnetBlock`` stages, stride-2 ``Downsample`` between
+  them, GroupNorm, swish), global average pooling, linear projection.
 - Text side: a bidirectional Transformer (``TransformerBlock(causal=False)``) over the caption ids
   of ``vqgen.text.bpe.CaptionTokenizer`` (``<s> ids </s> <pad>…``), with the padding masked out
   of attention, pooled at the ``</s>`` token (the last real token), linear projection.
@@ -33,7 +33,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..hub import CONFIG_NAME, load_pretrained, save_pretrained
 from ..images import to_model_range
-from ..layers import Downsample, ResnetBlock, TransformerBlock, group_norm
+from ..layers import ConvTower, TransformerBlock, check_tower_config
 from ..text.bpe import TOKENIZER_FILE, CaptionTokenizer
 
 KIND = "clip"
@@ -67,22 +67,7 @@ class ClipConfig:
         self.blocks = tuple(self.blocks)
         if self.channels not in (1, 3):
             raise ConfigError(f"clip: channels must be 1 or 3, got {self.channels}")
-        if not self.widths or any(w < 1 for w in self.widths):
-            raise ConfigError(f"clip: widths must be a non-empty list of positive ints, got {list(self.widths)}")
-        if len(self.blocks) != len(self.widths) or any(b < 1 for b in self.blocks):
-            raise ConfigError(f"clip: blocks must give one count >= 1 per stage ({len(self.widths)} stages), "
-                              f"got {list(self.blocks)}")
-        if self.patch < 1:
-            raise ConfigError(f"clip: patch must be >= 1, got {self.patch}")
-        factor = self.patch * 2 ** (len(self.widths) - 1)
-        if self.resolution < factor or self.resolution % factor:
-            raise ConfigError(f"clip: resolution {self.resolution} is not divisible by {factor} "
-                              f"(patch {self.patch}, {len(self.widths)} stages)")
-        if self.norm_groups < 1:
-            raise ConfigError(f"clip: norm_groups must be >= 1, got {self.norm_groups}")
-        for ch in self.widths:
-            if ch % min(self.norm_groups, ch):
-                raise ConfigError(f"clip: {ch} channels do not split into {self.norm_groups} GroupNorm groups")
+        check_tower_config("clip", self.resolution, self.widths, self.blocks, self.patch, self.norm_groups)
         if self.vocab_size < 1 or self.max_len < 3:
             raise ConfigError(f"clip: vocab_size must be >= 1 and max_len >= 3, got {self.vocab_size}, {self.max_len}")
         if not 0 <= self.pad_id < self.vocab_size:
@@ -106,20 +91,8 @@ class ClipModel(nn.Module):
         super().__init__()
         self.config = config
         self.tokenizer: CaptionTokenizer | None = None
-        g = config.norm_groups
-        # image tower
-        self.stem = nn.Conv2d(config.channels * config.patch ** 2, config.widths[0], 3, padding=1)
-        stages = []
-        ch = config.widths[0]
-        for i, (width, n_blocks) in enumerate(zip(config.widths, config.blocks)):
-            layers: list[nn.Module] = [Downsample(ch)] if i > 0 else []
-            for _ in range(n_blocks):
-                layers.append(ResnetBlock(ch, width, dropout=0.0, groups=g))
-                ch = width
-            stages.append(nn.Sequential(*layers))
-        self.stages = nn.Sequential(*stages)
-        self.image_norm = group_norm(ch, g)
-        self.image_proj = nn.Linear(ch, config.embed_dim, bias=False)
+        self.image_tower = ConvTower(config.channels, config.widths, config.blocks, config.patch, config.norm_groups)
+        self.image_proj = nn.Linear(self.image_tower.out_channels, config.embed_dim, bias=False)
         # text encoder
         c = config.n_embd
         self.tok_emb = nn.Embedding(config.vocab_size, c)
@@ -141,10 +114,7 @@ class ClipModel(nn.Module):
             raise ConfigError(f"clip expects (B, {c}, {r}, {r}) images, got {tuple(x.shape)}")
         if not x.is_floating_point():
             raise ConfigError(f"clip expects float images in [-1, 1] (see to_model_range), got {x.dtype}")
-        p = self.config.patch
-        h = self.stem(F.pixel_unshuffle(x, p) if p > 1 else x)  # (B, widths[0], H / p, W / p)
-        h = self.stages(h)  # (B, widths[-1], H / (p 2^(S-1)), W / (p 2^(S-1)))
-        h = F.silu(self.image_norm(h)).mean(dim=(2, 3))  # (B, widths[-1])
+        h = self.image_tower(x).mean(dim=(2, 3))  # (B, widths[-1])
         return F.normalize(self.image_proj(h), dim=-1)  # (B, D)
 
     def text_mask(self, ids: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,6 @@ in from a local directory when training starts.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..hub import load_pretrained, save_pretrained
-from ..layers import DecoderBlock, KVCache, TransformerBlock
+from ..layers import DecoderBlock, KVCache, TransformerBlock, check_token_ids, init_gpt_weights
 from .bpe import CaptionTokenizer
 
 KIND = "text2img"
@@ -142,27 +141,13 @@ class TextToImage(nn.Module):
         cells = torch.arange(h * w)
         self.register_buffer("cell_row", cells // w, persistent=False)  # (HW,)
         self.register_buffer("cell_col", cells % w, persistent=False)  # (HW,)
-        own = [m for name, m in self.named_children() if name != "text_encoder" or config.hf_text_encoder is None]
-        for module in own:
-            module.apply(self._init_weights)
-        nn.init.normal_(self.start_pos, std=0.02)
-        # GPT-2: residual projections scaled by 1/sqrt(2·n_layer) (Radford et al. 2019, section 2.3)
-        for name, p in self.named_parameters():
-            if name.endswith("proj.weight") and not name.startswith("text_"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(3 * config.n_dec_layer))
+        # GPT-2 initialisation of all but a pretrained encoder; three residual branches per decoder block
+        init_gpt_weights(self, self.blocks, n_residual=3 * config.n_dec_layer,
+                         skip=() if config.hf_text_encoder is None else ("text_encoder",))
         if config.freeze_text_encoder:
             if config.hf_text_encoder is None:
                 raise ValueError("freeze_text_encoder needs a pretrained hf_text_encoder")
             self.text_encoder.requires_grad_(False)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -178,13 +163,7 @@ class TextToImage(nn.Module):
             raise ValueError(f"caption ids: length {ids.shape[1]} is not in [1, {cfg.max_text_len}]")
 
     def check_tokens(self, tokens: torch.Tensor) -> None:
-        cfg = self.config
-        if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long or tokens.dim() != 2:
-            raise ValueError("image tokens must be a (B, H·W) torch.long tensor")
-        if tokens.shape[1] != cfg.seq_len:
-            raise ValueError(f"image tokens: need whole grids of {cfg.seq_len} tokens, got {tokens.shape[1]}")
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= cfg.vocab_size):
-            raise ValueError(f"image tokens must be ids in [0, {cfg.vocab_size})")
+        check_token_ids(tokens, self.config.vocab_size, self.config.seq_len, "image tokens", whole=True)
 
     def null_caption(self, batch: int, length: int) -> torch.Tensor:
         """The empty caption ``<s></s>`` padded to ``length``: the unconditional input (B, length)."""

@@ -10,7 +10,6 @@ word for word) next to the chance level of that test.
 """
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from ..errors import ConfigError, DataError
 from ..images import to_model_range
 from ..rerank.clip import ClipConfig, ClipModel, check_tokenizer, contrastive_loss
 from ..text.bpe import TOKENIZER_FILE, CaptionTokenizer
-from .common import (LoopConfig, OptimConfig, RunDir, autocast, batch_indices, check_finite, make_optimizer,
+from .common import (LoopConfig, OptimConfig, RunDir, batch_indices, check_finite, make_optimizer, optimizer_step,
                      progress_bar, setup_distributed, summary_writer)
 
 
@@ -139,14 +138,6 @@ def train_clip(cfg: ClipTrainConfig, out_dir: str | Path, data: str | None = Non
             return {}
         return retrieval_accuracy(model, test_images, test_ids, loop.batch_size, device=d.device)
 
-    def save(step: int, metrics: dict) -> None:
-        if not d.is_main:
-            return
-        run.save(step, clock, parts)
-        model.save_pretrained(run.path)
-        if metrics:
-            (run.path / "metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
-
     writer = summary_writer(run.path, start if ckpt is not None else None, d.is_main)
     bar = progress_bar(loop.max_steps, start, progress and d.is_main, "clip")
     metrics: dict = {}
@@ -155,21 +146,18 @@ def train_clip(cfg: ClipTrainConfig, out_dir: str | Path, data: str | None = Non
         idx = batch_indices(len(train_data), loop.batch_size, step, loop.seed, d.rank, d.world)
         x = to_model_range(train_data.images[idx].to(d.device))  # (b, C, H, W)
         ids = train_ids[idx].to(d.device)  # (b, L)
-        opt.zero_grad(set_to_none=True)
-        loss_sum, hits = 0.0, 0.0
-        for xm, tm in zip(x.chunk(loop.grad_accum), ids.chunk(loop.grad_accum)):
-            with autocast(d.device):
-                loss, logits = loss_fn(xm, tm)
-            check_finite(loss.detach(), step, run.path)
-            (loss / loop.grad_accum).backward()
-            loss_sum += float(loss.detach()) / loop.grad_accum
-            hits += float(in_batch_hits(logits.detach(), tm).float().sum())
-        if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        opt.step()
-        sched.step()
+        hits: list[float] = []
+
+        def micro_loss(xm: torch.Tensor, tm: torch.Tensor) -> torch.Tensor:  # the loss; counts the batch's hits
+            loss, logits = loss_fn(xm, tm)
+            hits.append(float(in_batch_hits(logits.detach(), tm).float().sum()))
+            return loss
+
+        # zero_grad; per micro-batch autocast loss, finite check, backward; clip; optimiser and schedule step
+        loss_sum = optimizer_step(micro_loss, (x, ids), loop.grad_accum, model, opt, sched, cfg.optim.grad_clip,
+                                  d.device, check=lambda loss: check_finite(loss, step, run.path))
         done = step + 1
-        acc = hits / len(idx)
+        acc = sum(hits) / len(idx)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_sum:.3f}", acc=f"{acc:.2f}")
         if writer is not None and (done % loop.log_every == 0 or done == loop.max_steps):
@@ -183,15 +171,13 @@ def train_clip(cfg: ClipTrainConfig, out_dir: str | Path, data: str | None = Non
             metrics["train_seconds"] = clock.elapsed()
             if writer is not None and "test_retrieval_top1" in metrics:
                 writer.add_scalar("test/retrieval_top1", metrics["test_retrieval_top1"], done)
-        if done % loop.save_every == 0 or done == loop.max_steps:
-            save(done, metrics)
+        if d.is_main and (done % loop.save_every == 0 or done == loop.max_steps):
+            run.save(done, clock, parts, export=model.save_pretrained, metrics=metrics)
     bar.close()
     if writer is not None:
         writer.close()
     if start >= loop.max_steps and d.is_main:
-        print(f"{run.path} is already trained to step {start}", flush=True)
-        saved = run.path / "metrics.json"  # what the finished run measured; not recomputed
-        metrics = json.loads(saved.read_text()) if saved.exists() else {}
+        metrics = run.finished_metrics(start)
     model = model.cpu().eval()
     return model, metrics
 

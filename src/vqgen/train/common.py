@@ -18,7 +18,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -152,6 +152,33 @@ def check_finite(loss: torch.Tensor, step: int, run_dir: Path) -> None:
                                "Lower the learning rate or check the data.")
 
 
+def optimizer_step(loss_fn: Callable[..., torch.Tensor], batch: tuple[torch.Tensor | None, ...], accum: int,
+                   model: torch.nn.Module, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
+                   grad_clip: float, device: torch.device, check: Callable[[torch.Tensor], None]) -> float:
+    """One optimiser step with gradient accumulation; returns the mean loss of the micro-batches.
+
+    Each tensor of ``batch`` is cut into ``accum`` micro-batches along dim 0 (None stays None for every
+    micro-batch). Per micro-batch: ``loss_fn(*micro)`` under :func:`autocast`, ``check`` on the detached
+    loss (``check_finite``: it stops a diverged run), backward of ``loss / accum``. Then the global
+    gradient norm of ``model`` is clipped at ``grad_clip`` (0 = no clipping) and the optimiser and the
+    schedule step. Gradients are zeroed first.
+    """
+    opt.zero_grad(set_to_none=True)
+    micro_batches = zip(*(t.chunk(accum) if t is not None else [None] * accum for t in batch))
+    loss_sum = 0.0
+    for micro in micro_batches:
+        with autocast(device):
+            loss = loss_fn(*micro)
+        check(loss.detach())
+        (loss / accum).backward()
+        loss_sum += float(loss.detach()) / accum
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    sched.step()
+    return loss_sum
+
+
 class RunDir:
     """A run directory: ``train_config.json``, ``checkpoints/last.pt``, ``logs/`` and the exported model."""
 
@@ -160,6 +187,7 @@ class RunDir:
         self.cfg = train_cfg
         self.ckpt = self.path / "checkpoints" / "last.pt"
         self.config_file = self.path / "train_config.json"
+        self.metrics_file = self.path / "metrics.json"
 
     def prepare(self, is_main: bool = True) -> dict | None:
         """Return the checkpoint to resume from (or None); refuse a run made with another config."""
@@ -189,11 +217,33 @@ class RunDir:
             print(f"resumed {self.path} from step {ckpt['step']}", flush=True)
         return ckpt["step"], Stopwatch(ckpt.get("seconds", 0.0))
 
-    def save(self, step: int, clock: "Stopwatch", parts: dict[str, Any]) -> None:
-        """Checkpoint after ``step``: every part's state, the RNG and the training time, atomically."""
+    def save(self, step: int, clock: "Stopwatch", parts: dict[str, Any],
+             export: Callable[[Path], Any] | None = None, metrics: dict | None = None) -> None:
+        """Checkpoint after ``step``: every part's state, the RNG and the training time, atomically; then
+        ``export(run directory)`` (the model's ``save_pretrained``) and, when there are ``metrics``,
+        ``metrics.json`` with the step."""
         state = {"step": step, "seconds": clock.elapsed(), "rng": rng_state(),
                  **{key: part.state_dict() for key, part in parts.items()}}
         atomic_write_bytes(self.ckpt, lambda p: torch.save(state, p))
+        if export is not None:
+            export(self.path)
+        if metrics:
+            self.write_metrics({"step": step, **metrics})
+
+    def write_metrics(self, metrics: dict) -> None:
+        """``metrics.json``: what the run measured."""
+        self.metrics_file.write_text(json.dumps(metrics, indent=2))
+
+    def read_metrics(self) -> dict:
+        """``metrics.json`` as written, or {} when the run wrote none."""
+        return json.loads(self.metrics_file.read_text()) if self.metrics_file.exists() else {}
+
+    def finished_metrics(self, step: int, announce: bool = True) -> dict:
+        """For a run found already trained to ``step``: say so (when ``announce``) and return what it
+        measured (``metrics.json``, not recomputed)."""
+        if announce:
+            print(f"{self.path} is already trained to step {step}", flush=True)
+        return self.read_metrics()
 
 
 def load_train_config(cls: type, path: str | Path):

@@ -5,7 +5,6 @@ test negative log-likelihood in bits per token at the end (and every ``eval_ever
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from ..data.tokens import TokenDataset, load_tokens
 from ..errors import ConfigError
 from ..prior.gpt import GPTPrior, PriorConfig
 from ..prior.presets import PRESETS as MODEL_PRESETS
-from .common import (LoopConfig, OptimConfig, RunDir, autocast, batch_indices, check_finite, make_optimizer,
+from .common import (LoopConfig, OptimConfig, RunDir, batch_indices, check_finite, make_optimizer, optimizer_step,
                      progress_bar, setup_distributed, summary_writer)
 
 
@@ -86,14 +85,6 @@ def train_prior(cfg: PriorTrainConfig, out_dir: str | Path, tokens: str | None =
     def evaluate() -> dict:
         return {"test_bits_per_token": bits_per_token(model, test_data, device=d.device)} if test_data is not None else {}
 
-    def save(step: int, metrics: dict) -> None:
-        if not d.is_main:
-            return
-        run.save(step, clock, parts)
-        model.save_pretrained(run.path)
-        if metrics:
-            (run.path / "metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
-
     writer = summary_writer(run.path, start if ckpt is not None else None, d.is_main)
     bar = progress_bar(loop.max_steps, start, progress and d.is_main, "prior")
     metrics: dict = {}
@@ -102,18 +93,9 @@ def train_prior(cfg: PriorTrainConfig, out_dir: str | Path, tokens: str | None =
         idx = batch_indices(len(train_data), loop.batch_size, step, loop.seed, d.rank, d.world)
         toks = train_data.tokens[idx].flatten(1).to(d.device)  # (b, HW)
         cond = train_data.labels[idx].to(d.device) if conditional else None
-        opt.zero_grad(set_to_none=True)
-        loss_sum = 0.0
-        for tm, cm in zip(toks.chunk(loop.grad_accum), cond.chunk(loop.grad_accum) if conditional else [None] * loop.grad_accum):
-            with autocast(d.device):
-                loss = loss_fn(tm, cm)
-            check_finite(loss.detach(), step, run.path)
-            (loss / loop.grad_accum).backward()
-            loss_sum += float(loss.detach()) / loop.grad_accum
-        if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        opt.step()
-        sched.step()
+        # zero_grad; per micro-batch autocast loss, finite check, backward; clip; optimiser and schedule step
+        loss_sum = optimizer_step(loss_fn, (toks, cond), loop.grad_accum, model, opt, sched, cfg.optim.grad_clip,
+                                  d.device, check=lambda loss: check_finite(loss, step, run.path))
         done = step + 1
         bar.update(1)
         bar.set_postfix(bits=f"{loss_sum / math.log(2):.3f}")
@@ -130,15 +112,13 @@ def train_prior(cfg: PriorTrainConfig, out_dir: str | Path, tokens: str | None =
                 metrics = evaluate()
             if writer is not None and metrics:
                 writer.add_scalar("test/bits_per_token", metrics["test_bits_per_token"], done)
-        if done % loop.save_every == 0 or done == loop.max_steps:
-            save(done, metrics)
+        if d.is_main and (done % loop.save_every == 0 or done == loop.max_steps):
+            run.save(done, clock, parts, export=model.save_pretrained, metrics=metrics)
     bar.close()
     if writer is not None:
         writer.close()
     if start >= loop.max_steps and d.is_main:
-        print(f"{run.path} is already trained to step {start}", flush=True)
-        saved = run.path / "metrics.json"  # what the finished run measured; not recomputed
-        metrics = json.loads(saved.read_text()) if saved.exists() else {}
+        metrics = run.finished_metrics(start)
     return model.cpu().eval(), metrics
 
 

@@ -14,7 +14,6 @@ test split; ``out_dir`` gets the judge (``config.json`` + ``model.safetensors``)
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -110,11 +109,8 @@ def train_shapes_judge(cfg: ShapesJudgeTrainConfig, out_dir: str | Path, progres
     opt, sched = make_optimizer(model.parameters(), cfg.optim, cfg.loop.max_steps)
     parts = {"model": model, "optimizer": opt, "scheduler": sched}
     start, clock = run.restore(ckpt, parts, announce=progress)
-    metrics_file = run.path / "metrics.json"
-    if start >= cfg.loop.max_steps and metrics_file.exists():
-        if progress:
-            print(f"{run.path} is already trained to step {start}", flush=True)
-        return json.loads(metrics_file.read_text())  # what the finished run measured; not recomputed
+    if start >= cfg.loop.max_steps and run.metrics_file.exists():
+        return run.finished_metrics(start, announce=progress)
 
     writer = summary_writer(run.path, start if ckpt is not None else None, progress)
     bar = progress_bar(cfg.loop.max_steps, start, progress, "shapes judge")
@@ -148,7 +144,7 @@ def train_shapes_judge(cfg: ShapesJudgeTrainConfig, out_dir: str | Path, progres
     metrics = {**evaluate_shapes_judge(model, cfg, progress), "steps": cfg.loop.max_steps,
                "final_train_loss": loss_value, "train_seconds": round(train_seconds, 2)}
     model.cpu().save_pretrained(run.path)
-    metrics_file.write_text(json.dumps(metrics, indent=2))
+    run.write_metrics(metrics)
     if progress:
         print(f"shapes judge: {100 * metrics['accuracy_on_renders']:.2f} % fully correct on "
               f"{metrics['n_renders']} held-out renders, trained {train_seconds:.0f} s; saved to {run.path}")

@@ -9,7 +9,6 @@ step s is a pure function of (seed, s), checkpoints restore it exactly.
 """
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from ..data.tokens import TokenDataset, load_tokens
 from ..errors import ConfigError, DataError
 from ..text.bpe import TOKENIZER_FILE, CaptionTokenizer
 from ..text.dalle import TextToImage, TextToImageConfig, hf_text_encoder_config, load_hf_text_encoder
-from .common import (LoopConfig, OptimConfig, RunDir, autocast, batch_indices, check_finite, make_optimizer,
+from .common import (LoopConfig, OptimConfig, RunDir, batch_indices, check_finite, make_optimizer, optimizer_step,
                      progress_bar, setup_distributed, summary_writer)
 
 
@@ -139,14 +138,6 @@ def train_text2img(cfg: TextToImageTrainConfig, out_dir: str | Path, tokens: str
             return {}
         return {"test_bits_per_token": bits_per_token(model, test_ids, test_data.tokens, device=d.device)}
 
-    def save(step: int, metrics: dict) -> None:
-        if not d.is_main:
-            return
-        run.save(step, clock, parts)
-        model.save_pretrained(run.path, tokenizer)
-        if metrics:
-            (run.path / "metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
-
     writer = summary_writer(run.path, start if ckpt is not None else None, d.is_main)
     bar = progress_bar(loop.max_steps, start, progress and d.is_main, "text2img")
     metrics: dict = {}
@@ -155,18 +146,9 @@ def train_text2img(cfg: TextToImageTrainConfig, out_dir: str | Path, tokens: str
         idx = batch_indices(len(train_data), loop.batch_size, step, loop.seed, d.rank, d.world)
         toks = train_data.tokens[idx].flatten(1).to(d.device)  # (b, HW)
         ids = train_ids[idx].to(d.device)  # (b, L)
-        opt.zero_grad(set_to_none=True)
-        loss_sum = 0.0
-        for im, tm in zip(ids.chunk(loop.grad_accum), toks.chunk(loop.grad_accum)):
-            with autocast(d.device):
-                loss = loss_fn(im, tm)
-            check_finite(loss.detach(), step, run.path)
-            (loss / loop.grad_accum).backward()
-            loss_sum += float(loss.detach()) / loop.grad_accum
-        if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        opt.step()
-        sched.step()
+        # zero_grad; per micro-batch autocast loss, finite check, backward; clip; optimiser and schedule step
+        loss_sum = optimizer_step(loss_fn, (ids, toks), loop.grad_accum, model, opt, sched, cfg.optim.grad_clip,
+                                  d.device, check=lambda loss: check_finite(loss, step, run.path))
         done = step + 1
         bar.update(1)
         bar.set_postfix(bits=f"{loss_sum / math.log(2):.3f}")
@@ -178,15 +160,13 @@ def train_text2img(cfg: TextToImageTrainConfig, out_dir: str | Path, tokens: str
                 metrics = evaluate()
             if writer is not None and metrics:
                 writer.add_scalar("test/bits_per_token", metrics["test_bits_per_token"], done)
-        if done % loop.save_every == 0 or done == loop.max_steps:
-            save(done, metrics)
+        if d.is_main and (done % loop.save_every == 0 or done == loop.max_steps):
+            run.save(done, clock, parts, export=lambda path: model.save_pretrained(path, tokenizer), metrics=metrics)
     bar.close()
     if writer is not None:
         writer.close()
     if start >= loop.max_steps and d.is_main:
-        print(f"{run.path} is already trained to step {start}", flush=True)
-        saved = run.path / "metrics.json"
-        metrics = json.loads(saved.read_text()) if saved.exists() else {}
+        metrics = run.finished_metrics(start)
     return model.cpu().eval(), tokenizer, metrics
 
 

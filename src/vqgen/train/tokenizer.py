@@ -99,12 +99,6 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out_dir: str | Path, data: str | 
     ddp_model = DDP(model) if d.world > 1 else model
     ddp_disc = DDP(disc) if (disc is not None and d.world > 1) else disc
 
-    def save(step: int) -> None:
-        if not d.is_main:
-            return
-        run.save(step, clock, parts)
-        model.save_pretrained(run.path)
-
     writer = summary_writer(run.path, start if ckpt is not None else None, d.is_main)
     fixed = to_model_range(train_data.images[:16]).to(d.device)  # images shown in TensorBoard
     bar = progress_bar(loop.max_steps, start, progress and d.is_main, "tokenizer")
@@ -168,8 +162,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out_dir: str | Path, data: str | 
                 rec = model.reconstruct(fixed)
             pair = torch.cat([to_uint8(fixed), to_uint8(rec)], dim=0)  # originals above reconstructions
             writer.add_images("reconstructions", pair.cpu(), done, dataformats="NCHW")
-        if done % loop.save_every == 0 or done == loop.max_steps:
-            save(done)
+        if d.is_main and (done % loop.save_every == 0 or done == loop.max_steps):
+            run.save(done, clock, parts, export=model.save_pretrained)
     bar.close()
     if writer is not None:
         writer.close()
@@ -226,6 +220,18 @@ def _fashion_mnist_plain() -> TokenizerTrainConfig:
     return cfg
 
 
+def _shapes() -> TokenizerTrainConfig:
+    """32×32 RGB ``shapes`` images, f=4 → 8×8 tokens of a 512-entry codebook (l2-normalised 16-d codes,
+    EMA, k-means init, dead-code restarts): the fashion-mnist recipe, shorter, since flat colours on a
+    plain background are easy to reconstruct."""
+    cfg = _fashion_mnist()
+    cfg.model.autoencoder = AutoencoderConfig(in_channels=3, resolution=32, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
+                                              attn_resolutions=(), mid_attention=False, z_channels=32, norm_groups=8)
+    cfg.loop = LoopConfig(batch_size=32, max_steps=600, save_every=200, log_every=25, image_every=200)
+    cfg.data = "shapes"
+    return cfg
+
+
 def _imagenet_f16() -> TokenizerTrainConfig:
     """Taming's ImageNet VQGAN architecture (ch 128, ch_mult 1,1,2,2,4, attention at 16, 1024 codes)
     with its GAN settings (PatchGAN, disc_weight 0.8, start at 250k steps), Adam betas (0.5, 0.9).
@@ -245,5 +251,6 @@ TOKENIZER_PRESETS = {
     "tiny": _tiny,
     "fashion-mnist": _fashion_mnist,
     "fashion-mnist-plain": _fashion_mnist_plain,
+    "shapes": _shapes,
     "imagenet-f16": _imagenet_f16,
 }
