@@ -222,12 +222,17 @@ def _fashion_mnist_plain() -> TokenizerTrainConfig:
 
 def _shapes() -> TokenizerTrainConfig:
     """32×32 RGB ``shapes`` images, f=4 → 8×8 tokens of a 512-entry codebook (l2-normalised 16-d codes,
-    EMA, k-means init, dead-code restarts): the fashion-mnist recipe, shorter, since flat colours on a
-    plain background are easy to reconstruct."""
+    EMA, k-means init, dead-code restarts), 1000 steps × 32.
+
+    Measured with the shapes judge on the 1000 test images (fully correct = every cell's shape,
+    colour and size read right): the fashion-mnist architecture (ch_mult 1,2,2, z 32) for 600 steps
+    reconstructs 54 % of them fully correct (small crosses, squares and triangles blur into blobs);
+    widening the lower levels (ch_mult 1,2,4, z 64) for 1000 steps: 93.5 % (34 dB train PSNR). L1
+    reconstruction learned slower than L2 over the first 250 steps and was dropped."""
     cfg = _fashion_mnist()
-    cfg.model.autoencoder = AutoencoderConfig(in_channels=3, resolution=32, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
-                                              attn_resolutions=(), mid_attention=False, z_channels=32, norm_groups=8)
-    cfg.loop = LoopConfig(batch_size=32, max_steps=600, save_every=200, log_every=25, image_every=200)
+    cfg.model.autoencoder = AutoencoderConfig(in_channels=3, resolution=32, ch=32, ch_mult=(1, 2, 4), num_res_blocks=1,
+                                              attn_resolutions=(), mid_attention=False, z_channels=64, norm_groups=8)
+    cfg.loop = LoopConfig(batch_size=32, max_steps=1000, save_every=200, log_every=25, image_every=200)
     cfg.data = "shapes"
     return cfg
 
