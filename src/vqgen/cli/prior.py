@@ -11,7 +11,7 @@ from .common import add_train_common, loop_overrides, print_metrics
 def cmd_train_prior(args: argparse.Namespace) -> None:
     from ..config import resolve_config
     from ..train.prior import PRIOR_PRESETS, PriorTrainConfig, train_prior
-    overrides = loop_overrides(args) + [f"tokens={args.tokens}"]
+    overrides = loop_overrides(args) + [f"tokens={Path(args.tokens).resolve()}"]  # runs load from any folder
     cfg = resolve_config(PriorTrainConfig, args.config, PRIOR_PRESETS, overrides)
     _, metrics = train_prior(cfg, args.out, progress=not args.no_progress)
     print(f"prior saved to {args.out}" + (f"; test bits/token {metrics['test_bits_per_token']:.4f}" if metrics else ""))

@@ -13,7 +13,7 @@ from .common import add_train_common, loop_overrides
 def cmd_train_text2img(args: argparse.Namespace) -> None:
     from ..config import resolve_config
     from ..train.text2img import TEXT2IMG_PRESETS, TextToImageTrainConfig, train_text2img
-    overrides = loop_overrides(args) + [f"tokens={args.tokens}"]
+    overrides = loop_overrides(args) + [f"tokens={Path(args.tokens).resolve()}"]  # runs load from any folder
     if args.text_encoder:
         overrides.append(f"text_encoder_path={args.text_encoder}")
     cfg = resolve_config(TextToImageTrainConfig, args.config, TEXT2IMG_PRESETS, overrides)
