@@ -149,7 +149,9 @@ def text2img_sections(lines: list[str]) -> None:
             lines.append(f"| {row['guidance_scale']:g} | {pct(row['single'])} | {pct(row['two'])} | "
                          f"{pct(row['heldout'])} | {pct(row['mean'])} |")
         t = r["train_seconds"]
-        lines += ["", "Training seconds: " + ", ".join(f"{k} {f(v, 0)}" for k, v in t.items()) +
+        lines += ["", "Training seconds, as recorded in each run (tokenizer, CLIP and judge were reused from earlier runs "
+                  "made while the CPU was shared; the judge then had 1500 steps): " +
+                  ", ".join(f"{k} {f(v, 0) if v is not None else '–'}" for k, v in t.items()) +
                   f"; evaluation {f(r['eval_seconds'], 0)} s.", "", "![text to image](images/text2img.png)", ""]
     s_ = load("text2img_sampling")
     if s_:
