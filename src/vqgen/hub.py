@@ -47,15 +47,31 @@ def save_pretrained(model: torch.nn.Module, config: Any, directory: str | Path, 
     return directory
 
 
-def read_config(directory: str | Path, kind: str, cls: type) -> Any:
-    directory = Path(directory)
-    path = directory / CONFIG_NAME
+def read_payload(directory: str | Path) -> dict:
+    """The parsed ``config.json`` of a saved model directory (vqgen's, or a transformers model's);
+    ConfigError when it is missing, not JSON or not an object."""
+    path = Path(directory) / CONFIG_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{directory} is not a saved model directory: no {CONFIG_NAME}")
-    payload = json.loads(path.read_text())
+        raise ConfigError(f"{directory} is not a saved model directory: no {CONFIG_NAME}")
+    try:
+        payload = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise ConfigError(f"{path} does not hold a JSON object")
+    return payload
+
+
+def check_kind(directory: str | Path, kind: str) -> dict:
+    """The payload of ``directory``'s config.json; ConfigError naming what it holds unless a ``kind`` model."""
+    payload = read_payload(directory)
     if payload.get("kind") != kind:
         raise ConfigError(f"{directory} holds a {payload.get('kind')!r} model, not a {kind!r} model")
-    return from_dict(cls, payload["config"])
+    return payload
+
+
+def read_config(directory: str | Path, kind: str, cls: type) -> Any:
+    return from_dict(cls, check_kind(directory, kind)["config"])
 
 
 def load_pretrained(build: Callable[[Any], M], cls: type, directory: str | Path, kind: str,

@@ -100,8 +100,9 @@ def cmd_eval_text2img(args: argparse.Namespace) -> None:
     from ..eval.shapes_judge import ShapesJudge
     from ..eval.text2img import evaluate_text2img, format_report
     from ..rerank.clip import load_clip
-    from ..text.generate import check_run_kind, generate_candidates, load_text2img_run
-    check_run_kind(args.judge, "shapes-judge")
+    from ..hub import check_kind
+    from ..text.generate import generate_candidates, load_text2img_run
+    check_kind(args.judge, "shapes-judge")
     scorer = load_clip(args.clip)
     run = load_text2img_run(args.run_dir)
     judge = ShapesJudge.from_pretrained(args.judge)

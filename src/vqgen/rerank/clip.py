@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..hub import CONFIG_NAME, load_pretrained, save_pretrained
+from ..hub import load_pretrained, read_payload, save_pretrained
 from ..images import to_model_range
 from ..layers import ConvTower, TransformerBlock, check_tower_config
 from ..text.bpe import TOKENIZER_FILE, CaptionTokenizer
@@ -295,15 +295,7 @@ def _features(out) -> torch.Tensor:
 def load_clip(directory: str | Path, map_location: str | torch.device = "cpu") -> ClipScorer:
     """A scorer for a local CLIP directory: this project's (kind "clip") or a transformers CLIP."""
     directory = Path(directory)
-    path = directory / CONFIG_NAME
-    if not path.is_file():
-        raise ConfigError(f"{directory} is not a CLIP directory: no {CONFIG_NAME} there")
-    try:
-        payload = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(payload, dict):
-        raise ConfigError(f"{path} does not hold a JSON object")
+    payload = read_payload(directory)
     if payload.get("kind") == KIND:
         return OwnClipScorer(ClipModel.from_pretrained(directory, map_location=map_location))
     if payload.get("model_type") == "clip":

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
-from ..hub import CONFIG_NAME
+from ..hub import check_kind
 from ..prior.codec import Codec, load_codec
 from .bpe import CaptionTokenizer, normalize_caption
 from .dalle import KIND, TextToImage
@@ -25,23 +25,9 @@ class TextToImageRun:
     path: Path
 
 
-def check_run_kind(run_dir: str | Path, expected: str) -> Path:
-    """ConfigError unless ``run_dir`` holds a saved model of kind ``expected``; names what it holds."""
-    run_dir = Path(run_dir)
-    cfg = run_dir / CONFIG_NAME
-    if not cfg.is_file():
-        raise ConfigError(f"{run_dir} is not a run directory (no {CONFIG_NAME})")
-    try:
-        kind = json.loads(cfg.read_text()).get("kind")
-    except (json.JSONDecodeError, AttributeError) as exc:
-        raise ConfigError(f"{cfg} is not a vqgen config file: {exc}") from exc
-    if kind != expected:
-        raise ConfigError(f"{run_dir} holds a {kind!r} model, not a {expected!r} model")
-    return run_dir
-
-
 def load_text2img_run(run_dir: str | Path) -> TextToImageRun:
-    run_dir = check_run_kind(run_dir, KIND)
+    run_dir = Path(run_dir)
+    check_kind(run_dir, KIND)
     cfg_file = run_dir / "train_config.json"
     if not cfg_file.is_file():
         raise ConfigError(f"{run_dir} has no train_config.json (it names the token directory to decode with)")
