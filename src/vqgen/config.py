@@ -110,6 +110,16 @@ def to_dict(cfg: Any) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+def diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys at which two plain (JSON-like) configs differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in set(a) | set(b):
+            out += diff_keys(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
+        return out
+    return [] if a == b else [prefix]
+
+
 def config_hash(cfg: Any) -> str:
     """Short stable hash of a config, used to name what a token shard was made with."""
     blob = json.dumps(to_dict(cfg), sort_keys=True).encode()
@@ -147,7 +157,10 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path} is not a readable YAML config ({' '.join(str(e).split())}); fix the file") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     return from_dict(cls, data)

@@ -35,6 +35,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     import torch
 
     from ..images import save_grid, to_uint8
+    if args.n < 1:
+        raise ConfigError(f"--n must be at least 1, got {args.n}")
     model, data = _load_tokenizer_and_data(args.run_dir, args.data, args.split)
     x = data.images[: args.n]
     rec = to_uint8(model.reconstruct(x))

@@ -12,7 +12,8 @@ A token directory holds one folder per split::
 
 Shards are written atomically and skipped when present, so an interrupted encode resumes; readers
 only trust splits with ``done.json`` and memory-map the shards, so any number of training processes
-can share one directory. This module only stores arrays; the encoding itself happens in
+can share one directory. ``done.json`` holds the SHA-256 of every file of its split: a truncated or
+bit-flipped shard, label or caption file is refused with its name, never trained on. This module only stores arrays; the encoding itself happens in
 ``vqgen.prior.tokens`` (data never imports models).
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from ..hub import atomic_write_bytes
+from ..hub import atomic_write_bytes, file_sha256, first_line, read_json
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -74,7 +75,7 @@ class TokenWriter:
         self.dir = self.root / split
         meta_path = self.root / "meta.json"
         if meta_path.exists():
-            old = json.loads(meta_path.read_text())
+            old = read_meta(self.root)
             if old != meta:
                 raise DataError(f"{self.root} holds tokens made differently ({meta_path}); use another --out")
         else:
@@ -100,37 +101,98 @@ class TokenWriter:
         _save_npy(self.dir / f"shard-{shard:05d}.npy", tokens.cpu().numpy().astype(self.dtype))
 
     def finish(self, n: int) -> None:
-        atomic_write_bytes(self.dir / "done.json", lambda p: Path(p).write_text(json.dumps({"n": n})))
+        """``done.json``: the split holds ``n`` grids, and the checksum of each of its files."""
+        files = sorted(p for p in self.dir.iterdir() if p.name.startswith(_DATA_FILES))
+        text = json.dumps({"n": n, "sha256": {p.name: file_sha256(p) for p in files}}, indent=1)
+        atomic_write_bytes(self.dir / "done.json", lambda p: Path(p).write_text(text))
+
+
+_DATA_FILES = ("shard-", "labels-", "captions-")
+
+
+def _redo(root: Path) -> str:
+    return f"run the same `vqgen encode` again with a new --out (or delete {root} first)"
 
 
 def read_meta(root: str | Path) -> dict:
-    path = Path(root) / "meta.json"
+    """A token directory's ``meta.json``; DataError when it is missing or damaged."""
+    root = Path(root)
+    path = root / "meta.json"
     if not path.is_file():
         raise DataError(f"{root} is not a token directory (no meta.json); make one with `vqgen encode`")
-    return json.loads(path.read_text())
+    meta = read_json(path, DataError, _redo(root))
+    vocab = meta.get("vocab_size") if isinstance(meta, dict) else None
+    if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1 or not isinstance(meta.get("codec"), dict):
+        raise DataError(f"{path} is not a token directory's meta.json (no vocab_size or codec); {_redo(root)}")
+    return meta
 
 
 def load_tokens(root: str | Path, split: str = "train") -> TokenDataset:
-    """Load a finished split of a token directory (memory-mapped shards, one int64 tensor)."""
+    """Load a finished split of a token directory (memory-mapped shards, one int64 tensor). DataError
+    naming the file when one is missing, truncated, damaged (checksum) or out of range."""
     root = Path(root)
     meta = read_meta(root)
     d = root / split
     if not (d / "done.json").exists():
         have = sorted(p.name for p in root.iterdir() if (p / "done.json").exists())
         raise DataError(f"{root} has no finished split {split!r} (finished: {have}); run `vqgen encode` again to complete it")
+    redo = f"delete {d} and run the same `vqgen encode` again (it rewrites only what is missing)"
+    done = read_json(d / "done.json", DataError, redo)
+    if not isinstance(done, dict) or isinstance(done.get("n"), bool) or not isinstance(done.get("n"), int):
+        raise DataError(f"{d / 'done.json'} does not say how many grids the split holds; {redo}")
+    sums = done.get("sha256")
+    if sums is not None:  # directories encoded before checksums have none
+        if not isinstance(sums, dict):
+            raise DataError(f"{d / 'done.json'} is damaged (its sha256 entry is not a mapping); {redo}")
+        present = {p.name for p in d.iterdir() if p.name.startswith(_DATA_FILES)}
+        for name in sorted(present | set(sums)):
+            if name not in sums:
+                raise DataError(f"{d / name} is not listed in {d / 'done.json'}; {redo}")
+            if name not in present:
+                raise DataError(f"{d / name} is missing; {redo}")
+            if file_sha256(d / name) != sums[name]:
+                raise DataError(f"{d / name} is damaged: it differs from the checksum in done.json; {redo}")
     shards = sorted(d.glob("shard-*.npy"))
-    tokens = np.concatenate([np.load(p, mmap_mode="r") for p in shards])
+
+    def npy(path: Path, mmap: bool) -> np.ndarray:
+        try:
+            return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except Exception as exc:  # noqa: BLE001 - truncated or damaged .npy
+            raise DataError(f"{path} cannot be read ({first_line(exc)}); {redo}") from exc
+
+    arrays = [npy(p, True) for p in shards]
+    for p, a in zip(shards, arrays):
+        if a.ndim != 3 or a.dtype.kind not in "ui" or a.shape[1:] != arrays[0].shape[1:]:
+            raise DataError(f"{p} holds a {a.dtype} array {a.shape}, not token grids like the split's first shard; {redo}")
+    tokens = np.concatenate(arrays) if arrays else np.zeros((0, 0, 0), np.int64)
+    vocab = int(meta["vocab_size"])
+    if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
+        raise DataError(f"{d}: token ids span [{int(tokens.min())}, {int(tokens.max())}], outside the vocabulary of "
+                        f"{vocab} in meta.json; {redo}")
     label_files = [d / p.name.replace("shard-", "labels-") for p in shards]
     labels = None
-    if all(f.exists() for f in label_files):
-        labels = torch.from_numpy(np.concatenate([np.load(f) for f in label_files]))
+    if shards and all(f.exists() for f in label_files):
+        parts = [npy(f, False) for f in label_files]
+        for f, a, g in zip(label_files, parts, arrays):
+            if a.ndim != 1 or a.dtype.kind not in "ui" or len(a) != len(g):
+                raise DataError(f"{f} holds a {a.dtype} array {a.shape}, not one label per grid of its shard; {redo}")
+        labels = torch.from_numpy(np.concatenate(parts).astype(np.int64))
+        n_classes = len(meta.get("class_names") or []) or None
+        if len(labels) and (int(labels.min()) < 0 or (n_classes and int(labels.max()) >= n_classes)):
+            raise DataError(f"{d}: labels span [{int(labels.min())}, {int(labels.max())}], outside the "
+                            f"{n_classes} classes of meta.json; {redo}")
     caption_files = [d / p.name.replace("shard-", "captions-").replace(".npy", ".json") for p in shards]
     captions = None
     if shards and all(f.exists() for f in caption_files):
-        captions = [c for f in caption_files for c in json.loads(f.read_text(encoding="utf-8"))]
-    n = json.loads((d / "done.json").read_text())["n"]
+        captions = []
+        for f in caption_files:
+            part = read_json(f, DataError, redo)
+            if not isinstance(part, list) or not all(isinstance(c, str) for c in part):
+                raise DataError(f"{f} is not a JSON list of caption strings; {redo}")
+            captions += part
+    n = done["n"]
     if len(tokens) != n:
-        raise DataError(f"{d}: shards hold {len(tokens)} grids but done.json says {n}")
+        raise DataError(f"{d}: shards hold {len(tokens)} grids but done.json says {n}; {redo}")
     if captions is not None and len(captions) != n:
         raise DataError(f"{d}: caption files hold {len(captions)} captions for {n} grids; "
                         "encode again into a new --out")

@@ -10,6 +10,7 @@ import torch
 from ..config import config_hash
 from ..data import load_images, splits_of
 from ..data.tokens import TokenWriter, read_meta
+from ..errors import DataError
 from ..images import to_uint8
 from ..tokenizer.vqgan import VQTokenizer
 from . import pixels
@@ -74,11 +75,15 @@ def load_codec(tokens_dir: str | Path) -> Codec:
     """The codec a token directory was made with (its tokenizer must still be where it was)."""
     meta = read_meta(tokens_dir)
     c = meta["codec"]
-    if c["kind"] == "palette":
-        return PaletteCodec(pixels.load_palette(Path(tokens_dir) / c["path"]), int(c["resolution"]))
+    if c.get("kind") == "palette" and isinstance(c.get("path"), str) and isinstance(c.get("resolution"), int):
+        return PaletteCodec(pixels.load_palette(Path(tokens_dir) / c["path"]), c["resolution"])
+    if c.get("kind") != "tokenizer" or not isinstance(c.get("path"), str):
+        raise DataError(f"{Path(tokens_dir) / 'meta.json'} names no codec (a tokenizer run or a palette) that its "
+                        "tokens were made with; encode again into a new --out")
     model = VQTokenizer.from_pretrained(c["path"])
-    if config_hash(model.cfg) != c["config_hash"]:
-        raise ValueError(f"the tokenizer at {c['path']} is not the one {tokens_dir} was encoded with")
+    if config_hash(model.cfg) != c.get("config_hash"):
+        raise DataError(f"the tokenizer at {c['path']} is not the one {tokens_dir} was encoded with; put that "
+                        "tokenizer back, or encode again with this one into a new --out")
     return TokenizerCodec(model, c["path"])
 
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
-
-from ..hub import atomic_write_bytes
+from ..errors import DataError, VqgenError
+from ..hub import read_safetensors, write_safetensors
 from ..kmeans import kmeans
 
 PALETTE_KEY = "palette"
@@ -99,18 +98,25 @@ def save_palette(palette: torch.Tensor, path: str | Path) -> Path:
     """Write the palette as a safetensors file with one tensor, ``palette``."""
     _check_palette(palette)
     path = Path(path)
-    tensor = palette.detach().float().contiguous().cpu()
-    atomic_write_bytes(path, lambda p: save_file({PALETTE_KEY: tensor}, p))
+    write_safetensors(path, {PALETTE_KEY: palette.detach().float()})
     return path
 
 
 def load_palette(path: str | Path) -> torch.Tensor:
+    """The palette of a ``palette.safetensors``; DataError when the file is missing, damaged or not a palette."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no palette file at {path}")
-    state = load_file(str(path))
+    fix = "encode the pixels again (`vqgen encode --pixels K`) into a new --out"
+    try:
+        state, _ = read_safetensors(path, fix=fix)
+    except VqgenError as exc:
+        raise DataError(str(exc)) from None
     if set(state) != {PALETTE_KEY}:
-        raise ValueError(f"{path} is not a palette file: expected one tensor {PALETTE_KEY!r}, got {sorted(state)}")
+        raise DataError(f"{path} is not a palette file: expected one tensor {PALETTE_KEY!r}, got {sorted(state)}; {fix}")
     palette = state[PALETTE_KEY]
-    _check_palette(palette)
+    try:
+        _check_palette(palette)
+    except ValueError as exc:
+        raise DataError(f"{path}: {exc}; {fix}") from None
     return palette

@@ -20,6 +20,7 @@ from typing import Iterator
 
 import torch
 
+from ..errors import ConfigError
 from .gpt import GPTPrior
 
 
@@ -27,7 +28,7 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Keep exactly the ``k`` largest logits along the last dim (ties: lowest index); others → -inf."""
     v = logits.shape[-1]
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= v:
-        raise ValueError(f"top_k must be an integer in [1, {v}], got {k!r}")
+        raise ConfigError(f"top_k must be an integer in [1, {v}], got {k!r}")
     keep = logits.sort(dim=-1, descending=True, stable=True).indices[..., :k]  # (..., k)
     out = torch.full_like(logits, -math.inf)
     return out.scatter(-1, keep, logits.gather(-1, keep))
@@ -40,7 +41,7 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     token is always kept); the others → -inf.
     """
     if not 0.0 < p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {p!r}")
+        raise ConfigError(f"top_p must be in (0, 1], got {p!r}")
     sorted_logits, order = logits.sort(dim=-1, descending=True)  # (..., V)
     probs = sorted_logits.softmax(dim=-1)  # (..., V)
     mass_above = probs.cumsum(dim=-1) - probs  # (..., V) probability of strictly better-ranked tokens
@@ -57,13 +58,13 @@ def guide(cond_logits: torch.Tensor, uncond_logits: torch.Tensor, scale: float) 
 def check_sampling_options(temperature: float, top_k: int | None, top_p: float | None, guidance_scale: float,
                    vocab_size: int) -> None:
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+        raise ConfigError(f"temperature must be a positive finite number, got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= vocab_size):
-        raise ValueError(f"top_k must be None or an integer in [1, {vocab_size}], got {top_k!r}")
+        raise ConfigError(f"top_k must be None or an integer in [1, {vocab_size}], got {top_k!r}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be None or in (0, 1], got {top_p!r}")
+        raise ConfigError(f"top_p must be None or in (0, 1], got {top_p!r}")
     if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale) and guidance_scale >= 0):
-        raise ValueError(f"guidance_scale must be a finite number ≥ 0, got {guidance_scale!r}")
+        raise ConfigError(f"guidance_scale must be a finite number ≥ 0, got {guidance_scale!r}")
 
 
 def pick_next(logits: torch.Tensor, n: int, guidance_scale: float, temperature: float, top_k: int | None,
@@ -94,12 +95,12 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
 def _condition_batch(model: GPTPrior, n: int, cond: torch.Tensor | None, guidance_scale: float) -> torch.Tensor:
     """Condition ids (n,) — or (2n,) = [cond; null] when guidance is on."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+        raise ConfigError(f"n must be a positive integer, got {n!r}")
     ids = model.cond_ids(cond, n)  # (n,)
     if guidance_scale == 1.0:
         return ids
     if cond is None:
-        raise ValueError(f"guidance_scale={guidance_scale} needs class conditions (cond), got cond=None")
+        raise ConfigError(f"guidance_scale={guidance_scale} needs class conditions (cond), got cond=None")
     return torch.cat([ids, torch.full_like(ids, model.null_class)])  # (2n,)
 
 
@@ -127,7 +128,7 @@ def sample(model: GPTPrior, n: int, *, cond: torch.Tensor | None = None, prefix:
     if prefix is not None:
         model.check_tokens(prefix, "prefix")
         if prefix.shape[0] != n:
-            raise ValueError(f"prefix: expected {n} rows (one per sample), got {prefix.shape[0]}")
+            raise ConfigError(f"prefix: expected {n} rows (one per sample), got {prefix.shape[0]}")
         start = prefix.shape[1]
         out[:, :start] = prefix
 
@@ -186,11 +187,11 @@ def sample_sliding(model: GPTPrior, n: int, grid: tuple[int, int], window: tuple
     window = tuple(window)
     if len(window) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) for s in window) \
             or not (1 <= window[0] <= th and 1 <= window[1] <= tw):
-        raise ValueError(f"window must be (h, w) with 1 ≤ h ≤ {th}, 1 ≤ w ≤ {tw} (the trained grid), got {window}")
+        raise ConfigError(f"window must be (h, w) with 1 ≤ h ≤ {th}, 1 ≤ w ≤ {tw} (the trained grid), got {window}")
     grid = tuple(grid)
     if len(grid) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) for s in grid) \
             or grid[0] < window[0] or grid[1] < window[1]:
-        raise ValueError(f"grid must be (H2, W2) integers at least the window {window}, got {grid}")
+        raise ConfigError(f"grid must be (H2, W2) integers at least the window {window}, got {grid}")
     check_sampling_options(temperature, top_k, top_p, guidance_scale, cfg.vocab_size)
     cond_ids = _condition_batch(model, n, cond, guidance_scale)  # (n,) or (2n,)
     guided = cond_ids.shape[0] != n

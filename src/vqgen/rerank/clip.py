@@ -20,7 +20,6 @@ returns one for a directory holding either this project's model (kind ``"clip"``
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..hub import load_pretrained, read_payload, save_pretrained
+from ..hub import first_line, load_pretrained, read_json, read_payload, save_pretrained
 from ..images import to_model_range
 from ..layers import ConvTower, TransformerBlock, check_tower_config
 from ..text.bpe import TOKENIZER_FILE, CaptionTokenizer
@@ -163,12 +162,11 @@ class ClipModel(nn.Module):
     # --- saving -----------------------------------------------------------------------------------
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """config.json + model.safetensors + tokenizer.json (the tokenizer must be set)."""
+        """config.json + model.safetensors + tokenizer.json (the tokenizer must be set; the weights record
+        its checksum)."""
         if self.tokenizer is None:
             raise ConfigError("set ClipModel.tokenizer before saving: a CLIP directory carries its caption tokenizer")
-        save_pretrained(self, self.config, directory, KIND)
-        self.tokenizer.save(directory)
-        return Path(directory)
+        return save_pretrained(self, self.config, directory, KIND, files={TOKENIZER_FILE: self.tokenizer.to_str()})
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "ClipModel":
@@ -307,12 +305,17 @@ def load_clip(directory: str | Path, map_location: str | torch.device = "cpu") -
 
 def _load_hf(directory: Path, map_location: str | torch.device) -> HFClipScorer:
     from transformers import AutoTokenizer, CLIPModel
-    model = CLIPModel.from_pretrained(directory, local_files_only=True, use_safetensors=True)
-    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    try:
+        model = CLIPModel.from_pretrained(directory, local_files_only=True, use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - missing, truncated or damaged files are bad input
+        raise ConfigError(f"{directory} is not a loadable transformers CLIP ({first_line(exc)}); give an intact "
+                          "model directory") from exc
     mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
     pre = directory / "preprocessor_config.json"
     if pre.is_file():
-        cfg = json.loads(pre.read_text())
+        cfg = read_json(pre, ConfigError, "give an intact model directory")
+        cfg = cfg if isinstance(cfg, dict) else {}
         mean, std = tuple(cfg.get("image_mean", mean)), tuple(cfg.get("image_std", std))
     return HFClipScorer(model.to(map_location).eval(), tokenizer, mean, std)
 

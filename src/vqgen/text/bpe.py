@@ -59,6 +59,10 @@ class CaptionTokenizer:
         tok.train_from_iterator((normalize_caption(c) for c in captions), trainer=trainer)
         return cls(tok)
 
+    def to_str(self) -> str:
+        """The tokenizer as the JSON text of a ``tokenizer.json``."""
+        return self.tok.to_str()
+
     def save(self, directory: str | Path) -> Path:
         from ..hub import atomic_write_bytes
         path = Path(directory) / TOKENIZER_FILE

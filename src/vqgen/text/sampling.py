@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConfigError
 from ..layers import additive_mask
 from ..prior.sampling import check_sampling_options, eval_mode, pick_next
 from .dalle import TextToImage
@@ -30,7 +31,7 @@ def sample_tokens(model: TextToImage, ids: torch.Tensor, *, temperature: float =
     model.check_caption_ids(ids)
     n = ids.shape[0]
     if n < 1:
-        raise ValueError("need at least one caption")
+        raise ConfigError("need at least one caption")
     check_sampling_options(temperature, top_k, top_p, guidance_scale, cfg.vocab_size)
     guided = guidance_scale != 1.0
     if guided:

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import WeightsError
 from ..hub import check_weights, read_weight_file
 
 # torchvision's VGG16 "D" configuration; "M" is a 2×2 max-pool. Indices into ``features`` follow it.
@@ -116,7 +117,7 @@ class LPIPS(nn.Module):
 
         Key mapping: from ``vgg_path`` the ``features.{i}.weight|bias`` keys are kept as they are and
         ``classifier.*`` keys are dropped; from ``lin_path`` the ``lin{k}.model.1.weight`` keys are kept.
-        Anything else missing or extra, a wrong shape, or a negative head weight is a ``ValueError``.
+        Anything else missing or extra, a wrong shape, or a negative head weight is a ``WeightsError`` (a ValueError).
         """
         model = cls()
         expected = model.state_dict()
@@ -129,7 +130,7 @@ class LPIPS(nn.Module):
             state.update(given)
         negative = [k for k in state if k.startswith("lin") and bool((state[k] < 0).any())]
         if negative:
-            raise ValueError(f"{lin_path}: LPIPS head weights must be non-negative; negative in {negative}")
+            raise WeightsError(f"{lin_path}: LPIPS head weights must be non-negative; negative in {negative}")
         model.load_state_dict(state, strict=True)
         return model
 

@@ -4,9 +4,11 @@ One readable loop: AdamW with a one-cycle learning-rate schedule (warm-up, then 
 label-smoothed cross-entropy, optional augmentation (random horizontal flip and a random crop from
 the image zero-padded by ``crop_padding`` pixels). Shuffling and augmentation draw from one
 ``torch.Generator`` and the weights from ``torch.manual_seed``, so a run is repeatable given its seed
-(on the same machine and thread count). At the end the model is evaluated on the test split and
-``out_dir`` gets ``config.json`` + ``model.safetensors`` (the judge), ``train_config.json`` and
-``metrics.json``.
+(on the same machine and thread count). ``RunDir`` guards the run directory (one process at a time) and
+checkpoints every epoch — and after the step a SIGTERM / SIGINT came in — with the generator and the
+epoch's order, so a resumed run ends with the same weights as one never interrupted. At the end the
+model is evaluated on the test split and ``out_dir`` gets ``config.json`` + ``model.safetensors`` (the
+judge), ``train_config.json``, ``checkpoints/`` and ``metrics.json``.
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ from ..errors import ConfigError, DataError, TrainingDiverged
 from ..eval.classifier import accuracy_report
 from ..eval.judge import JudgeClassifier, JudgeConfig, to_model_range
 from ..hub import atomic_write_bytes
+from .common import RunDir
+from .cards import write_model_card
 
 if TYPE_CHECKING:
     from ..data import ImageDataset
@@ -130,6 +134,34 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+class _EpochProgress:
+    """Where the loop is inside an epoch, saved in checkpoints for an exact resume: the shuffling and
+    augmentation generator, this epoch's order, its running loss / accuracy sums, the finished epochs."""
+
+    def __init__(self, generator: torch.Generator):
+        self.generator = generator
+        self.order = torch.zeros(0, dtype=torch.long)  # (N,) this epoch's permutation
+        self.loss_sum, self.correct, self.seen = 0.0, 0, 0
+        self.history: list[dict] = []
+
+    def begin(self, order: torch.Tensor) -> None:
+        self.order, self.loss_sum, self.correct, self.seen = order, 0.0, 0, 0
+
+    def end(self, epoch: int) -> None:
+        self.history.append({"epoch": epoch, "train_loss": self.loss_sum / self.seen,
+                             "train_accuracy": self.correct / self.seen})
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "order": self.order,
+                "sums": [self.loss_sum, self.correct, self.seen], "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.order = state["order"]
+        self.loss_sum, self.correct, self.seen = state["sums"]
+        self.history = list(state["history"])
+
+
 def train_classifier(cfg: ClassifierTrainConfig, data_spec: str | None, out_dir: str | Path,
                      progress: bool = True, *, train_data: "ImageDataset | None" = None,
                      test_data: "ImageDataset | None" = None) -> dict:
@@ -157,7 +189,9 @@ def train_classifier(cfg: ClassifierTrainConfig, data_spec: str | None, out_dir:
     images, labels = train_data.images, train_data.labels  # uint8 (N, C, H, W), int64 (N,)
     n = len(train_data)
 
-    # --- model, optimiser, schedule ----------------------------------------------------------
+    # --- model, optimiser, schedule; the run directory (lock, checkpoint to resume from) -------
+    run = RunDir(out_dir, cfg, kind="judge")
+    ckpt = run.prepare()
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation
     model = JudgeClassifier(mcfg)
@@ -167,39 +201,45 @@ def train_classifier(cfg: ClassifierTrainConfig, data_spec: str | None, out_dir:
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=cfg.warmup_frac, anneal_strategy="cos"
     )
+    epochs = _EpochProgress(generator)
+    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "epochs": epochs}
+    start, clock = run.restore(ckpt, parts, announce=progress)
 
-    # --- training loop ------------------------------------------------------------------------
+    # --- training loop: a checkpoint after every epoch, and after the step a SIGTERM / SIGINT came in
     model.train()
-    loop_started = time.perf_counter()
-    history = []
-    bar = tqdm(total=total_steps, desc="judge", disable=not progress, dynamic_ncols=True)
-    for epoch in range(cfg.epochs):
-        order = torch.randperm(n, generator=generator)  # (N,)
-        loss_sum, correct, seen = 0.0, 0, 0
-        for step in range(steps_per_epoch):
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]  # (b,)
-            x, y = images[idx], labels[idx]  # uint8 (b, C, H, W), int64 (b,)
-            if cfg.augment:
-                x = augment_batch(x, generator, cfg.crop_padding)
-            logits = model(to_model_range(x))  # (b, num_classes)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"judge training: non-finite loss at epoch {epoch + 1}, step {step + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
+    bar = tqdm(total=total_steps, initial=start, desc="judge", disable=not progress, dynamic_ncols=True)
+    for global_step in run.steps(start, total_steps, save_every=steps_per_epoch):
+        epoch, step = divmod(global_step, steps_per_epoch)
+        if step == 0:
+            epochs.begin(torch.randperm(n, generator=generator))  # (N,)
+        idx = epochs.order[step * cfg.batch_size:(step + 1) * cfg.batch_size]  # (b,)
+        x, y = images[idx], labels[idx]  # uint8 (b, C, H, W), int64 (b,)
+        if cfg.augment:
+            x = augment_batch(x, generator, cfg.crop_padding)
+        logits = model(to_model_range(x))  # (b, num_classes)
+        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"judge training: non-finite loss at epoch {epoch + 1}, step {step + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
 
-            loss_sum += loss.item() * len(idx)
-            correct += (logits.argmax(dim=1) == y).sum().item()
-            seen += len(idx)
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-        history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen})
+        epochs.loss_sum += loss.item() * len(idx)
+        epochs.correct += (logits.argmax(dim=1) == y).sum().item()
+        epochs.seen += len(idx)
+        bar.update(1)
+        bar.set_postfix(epoch=epoch + 1, loss=f"{epochs.loss_sum / epochs.seen:.3f}",
+                        acc=f"{epochs.correct / epochs.seen:.3f}")
+        if step == steps_per_epoch - 1:
+            epochs.end(epoch + 1)
+        if run.checkpoint_due(global_step + 1):
+            run.save(global_step + 1, clock, parts)
     bar.close()
-    train_seconds = time.perf_counter() - loop_started
+    train_seconds = clock.elapsed()
+    history = epochs.history
 
     # --- evaluate, save -----------------------------------------------------------------------
     model.eval()
@@ -222,6 +262,7 @@ def train_classifier(cfg: ClassifierTrainConfig, data_spec: str | None, out_dir:
         out_dir / name, lambda p: Path(p).write_text(json.dumps(obj, indent=2)))
     write_json("train_config.json", to_dict(cfg))
     write_json("metrics.json", metrics)
+    write_model_card(out_dir, model)  # README.md: what the run is, its figures and the command that made it
     if progress:
         print(f"judge: test accuracy {metrics['accuracy']:.4f} on {metrics['n_images']} images, "
               f"{metrics['seconds']:.0f} s; saved to {out_dir}")

@@ -8,24 +8,34 @@ same weights, bit for bit on CPU, as a run that was never interrupted.
 
 Distribution: launched by ``torchrun`` (which sets RANK / WORLD_SIZE / LOCAL_RANK), each rank takes
 an equal slice of the global batch and gradients are averaged by DistributedDataParallel.
+
+Faults (``RunDir``): one process at a time trains into a run directory (an OS file lock, released by
+the kernel when its holder dies, so it never goes stale); checkpoints carry a checksum and the one
+before the newest is kept, so a damaged or half-written ``last.pt`` costs at most ``save_every``
+steps; SIGTERM / SIGINT end the loop after the current step with a checkpoint written; a run may be
+continued with a larger ``loop.max_steps``, and every other change of config is refused.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import signal
+import threading
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
 
-from ..config import from_dict, to_dict
-from ..errors import ConfigError, TrainingDiverged
-from ..hub import atomic_write_bytes
+from ..config import diff_keys, from_dict, to_dict
+from ..errors import (CheckpointError, ConfigError, RunInUse, TrainingDiverged, TrainingInterrupted, VqgenError,
+                      WriteError)
+from ..hub import TMP_SUFFIX, atomic_write_bytes, first_line, read_json, read_payload, state_digest
 
 
 @dataclass
@@ -179,64 +189,320 @@ def optimizer_step(loss_fn: Callable[..., torch.Tensor], batch: tuple[torch.Tens
     return loss_sum
 
 
-class RunDir:
-    """A run directory: ``train_config.json``, ``checkpoints/last.pt``, ``logs/`` and the exported model."""
+LOCK_NAME = ".lock"
+# Keys of a training config that only record sampling defaults (the measured best guidance scale and
+# temperature of a model): they take no part in training, so a run resumes when only they differ and
+# exports its model with the new values.
+SAMPLING_DEFAULTS = frozenset({"model.guidance_scale", "model.temperature"})
 
-    def __init__(self, path: str | Path, train_cfg: Any):
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint as saved (``torch.load(weights_only=True)``: never unpickled); CheckpointError when
+    it cannot be read, is not a vqgen checkpoint, or differs from the checksum it was written with."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - whatever a truncated or damaged zip raises
+        raise CheckpointError(f"{path} cannot be read ({first_line(exc)})") from exc
+    if not isinstance(ckpt, dict) or "step" not in ckpt:
+        raise CheckpointError(f"{path} is not a vqgen checkpoint")
+    digest = ckpt.pop("sha256", None)
+    if digest is not None and state_digest(ckpt) != digest:
+        raise CheckpointError(f"{path} is damaged: its contents differ from the checksum it was written with")
+    return ckpt
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT handlers that only note the signal, so the loop can finish its step and write a
+    checkpoint; a second SIGINT (Ctrl-C twice) stops at once. Installed from the main thread only."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self.handle)
+
+    def handle(self, signum: int, frame: Any = None) -> None:
+        if signum == signal.SIGINT and self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+class RunDir:
+    """A run directory: ``train_config.json``, ``checkpoints/last.pt`` and ``checkpoints/previous.pt``,
+    ``logs/``, ``metrics.json`` and the exported model.
+
+    A loop uses it as ``ckpt = run.prepare(is_main)`` (lock, config check, newest readable checkpoint),
+    ``start, clock = run.restore(ckpt, parts, ...)``, ``for step in run.steps(start, max_steps):`` (stops
+    after a step when SIGTERM / SIGINT came; releases the lock however the loop ends) and, after each
+    step, ``if run.checkpoint_due(done) and is_main: run.save(...)``. ``kind`` (the model kind the run
+    exports) names the expected run when a directory holds another kind of run.
+    """
+
+    def __init__(self, path: str | Path, train_cfg: Any, kind: str | None = None):
         self.path = Path(path)
         self.cfg = train_cfg
+        self.kind = kind
         self.ckpt = self.path / "checkpoints" / "last.pt"
+        self.previous = self.path / "checkpoints" / "previous.pt"
         self.config_file = self.path / "train_config.json"
         self.metrics_file = self.path / "metrics.json"
+        self._lock = None
+        self._signals = _StopSignals()
+        self._stopping = False
+        self._every = self._stop = 0  # set by steps()
+
+    # --- before the loop --------------------------------------------------------------------------
 
     def prepare(self, is_main: bool = True) -> dict | None:
-        """Return the checkpoint to resume from (or None); refuse a run made with another config."""
-        if self.config_file.exists():
-            saved = json.loads(self.config_file.read_text())
-            now = to_dict(self.cfg)
-            if saved != now:
-                diff = sorted(_diff_keys(saved, now))
-                raise ConfigError(f"{self.path} holds a run with a different config (differs at {diff}); "
-                                  "resume with the same config or choose another --out")
-        elif is_main:
+        """Take the run's lock (main rank), check the config against the run's, and return the newest
+        readable checkpoint to resume from (None for a new run).
+
+        RunInUse when another process trains into the directory; ConfigError when the run was made with
+        another config — except a larger ``loop.max_steps``, which continues the run and says what changes
+        in the learning-rate schedule."""
+        if is_main:
+            self._acquire()
+        try:
+            return self._prepare(is_main)
+        except BaseException:
+            self.release()
+            raise
+
+    def _acquire(self) -> None:
+        from filelock import FileLock, Timeout
+        lock_file = self.path / LOCK_NAME
+        try:
             self.path.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.config_file, lambda p: Path(p).write_text(json.dumps(to_dict(self.cfg), indent=2)))
-        if self.ckpt.exists():
-            return torch.load(self.ckpt, map_location="cpu", weights_only=True)
+        except OSError as exc:
+            raise WriteError(f"cannot create the run directory {self.path} ({exc.strerror or exc})") from exc
+        lock = FileLock(lock_file, timeout=0, is_singleton=True)  # the same process may take it again
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RunInUse(f"{self.path} is in use: another process is training into it (it holds {lock_file}); "
+                           "wait for it to finish, or choose another --out") from None
+        self._lock = lock
+
+    def release(self) -> None:
+        """Let go of the run's lock (the loop does it when it ends)."""
+        if self._lock is not None:
+            self._lock.release(force=True)
+            self._lock = None
+
+    def _prepare(self, is_main: bool) -> dict | None:
+        if is_main:
+            for folder in (self.path, self.ckpt.parent):  # half-written files of a killed process
+                for tmp in folder.glob(f".*{TMP_SUFFIX}"):
+                    tmp.unlink(missing_ok=True)
+        ckpt = self.newest_checkpoint(set_aside=is_main)
+        from_ckpt = ckpt.get("config") if ckpt is not None else None  # older checkpoints have none
+        on_file = self._config_on_file(from_ckpt, is_main)
+        saved = from_ckpt if from_ckpt is not None else on_file
+        now = to_dict(self.cfg)
+        extended = self._check_config(saved, now) if saved is not None else None
+        if is_main and on_file != now:
+            text = json.dumps(now, indent=2)
+            atomic_write_bytes(self.config_file, lambda p: Path(p).write_text(text))
+        if extended is not None and is_main:
+            print(self._extension_note(*extended, ckpt["step"] if ckpt is not None else 0), flush=True)
+        return ckpt
+
+    def _config_on_file(self, from_ckpt: dict | None, is_main: bool) -> Any:
+        """``train_config.json`` (None when missing). When the checkpoint holds the run's config, that copy
+        rules: a damaged or differing file is warned about and rewritten, not an error."""
+        if not self.config_file.exists():
+            return None
+        try:
+            data = read_json(self.config_file, ConfigError, "the run has no checkpoint yet: delete the file and "
+                             "run again")
+        except ConfigError as exc:
+            if from_ckpt is None:
+                raise
+            data, problem = None, str(exc)
+        else:
+            off = sorted(diff_keys(data, from_ckpt)) if from_ckpt is not None else []
+            problem = f"{self.config_file} differs from the run's checkpoint at {off}" if off not in ([], [
+                "loop.max_steps"]) else None
+        if problem and is_main:
+            warnings.warn(f"{problem}; the config saved in the checkpoint is used", stacklevel=4)
+        return data
+
+    def _check_config(self, saved: Any, now: dict) -> tuple[int, int] | None:
+        """None when ``saved`` is ``now`` up to ``SAMPLING_DEFAULTS`` (a key missing from an older run's
+        config counts as its default); (old, new) max_steps when only a larger ``loop.max_steps`` differs;
+        ConfigError otherwise."""
+        held = self._held_kind()
+        if self.kind and held and held != self.kind:
+            raise ConfigError(f"{self.path} holds a {held!r} run, not a {self.kind!r} run; choose another --out")
+        if not isinstance(saved, dict):
+            raise ConfigError(f"{self.config_file} does not hold a config (a JSON object); the run has no checkpoint "
+                              "yet: delete the file and run again")
+        try:  # fields added since the run was made take their defaults
+            saved = to_dict(from_dict(type(self.cfg), saved))
+        except (VqgenError, TypeError, ValueError):
+            pass  # not a config of this kind: the key-by-key difference below names what differs
+        diff = sorted(set(diff_keys(saved, now)) - SAMPLING_DEFAULTS)
+        if not diff:
+            return None
+        if diff == ["loop.max_steps"]:
+            old, new = saved["loop"]["max_steps"], now["loop"]["max_steps"]
+            if isinstance(old, int) and new > old:
+                return old, new
+            raise ConfigError(f"{self.path} is a run of loop.max_steps {old}: it can be continued with a larger "
+                              f"--max-steps, not set to {new}; resume with --max-steps {old} or more, or choose "
+                              "another --out")
+        raise ConfigError(f"{self.path} holds a run with a different config (differs at {diff}); resume with the same "
+                          "config (only a larger --max-steps may change) or choose another --out")
+
+    def _held_kind(self) -> str | None:
+        """The kind of model the run directory exports (its config.json), if it has exported one."""
+        if not (self.path / "config.json").exists():
+            return None
+        try:
+            kind = read_payload(self.path).get("kind")
+        except VqgenError:
+            return None
+        return kind if isinstance(kind, str) else None
+
+    def _extension_note(self, old: int, new: int, step: int) -> str:
+        text = f"{self.path}: loop.max_steps {old} → {new}, continuing from step {step}"
+        optim = getattr(self.cfg, "optim", None)
+        if isinstance(optim, OptimConfig):
+            was = lr_factor(step, optim.warmup_steps, old, optim.min_lr_ratio)
+            now = lr_factor(step, optim.warmup_steps, new, optim.min_lr_ratio)
+            text += (f"; the cosine decay of the learning rate is stretched to end at step {new} instead of {old}: "
+                     f"from step {step} on the rate is {now:.3g}× optim.lr (it was {was:.3g}×) and decays to "
+                     f"{optim.min_lr_ratio:g}× at step {new}")
+        return text
+
+    def newest_checkpoint(self, set_aside: bool = False) -> dict | None:
+        """The newest readable checkpoint: ``last.pt``, or ``previous.pt`` when ``last.pt`` is missing or
+        damaged (with a warning saying so; ``set_aside`` renames the damaged file ``last.pt.damaged``, so
+        the next save does not rotate it into ``previous.pt``). None when the run has none;
+        CheckpointError when none can be read."""
+        problems = []
+        for path in (self.ckpt, self.previous):
+            if not path.exists():
+                continue
+            try:
+                ckpt = read_checkpoint(path)
+            except CheckpointError as exc:
+                problems.append(str(exc))
+                continue
+            if path == self.previous:
+                why = problems[0] if problems else f"{self.ckpt} is missing"
+                if set_aside:
+                    warnings.warn(f"{why}; resuming from the previous checkpoint {path} (step {ckpt['step']})",
+                                  stacklevel=3)
+                    if self.ckpt.exists():
+                        os.replace(self.ckpt, self.ckpt.with_name(self.ckpt.name + ".damaged"))
+            return ckpt
+        if problems:
+            raise CheckpointError(f"no checkpoint of {self.path} can be read: {'; '.join(problems)}; the run cannot "
+                                  f"resume — delete {self.ckpt.parent} to train it again from step 0, or choose "
+                                  "another --out")
         return None
 
     def restore(self, ckpt: dict | None, parts: dict[str, Any], announce: bool) -> tuple[int, "Stopwatch"]:
         """Load every part (model, optimisers, schedulers: anything with load_state_dict) and the RNG
-        from ``ckpt``; return the step to start from and the training clock."""
+        from ``ckpt``; return the step to start from and the training clock. Each LambdaLR schedule then
+        sets the learning rate of the step it is at from its own (current) function, so a run continued
+        with a larger ``loop.max_steps`` follows the stretched schedule from its first step on."""
         if ckpt is None:
             return 0, Stopwatch()
         for key, part in parts.items():
             part.load_state_dict(ckpt[key])
+        for part in parts.values():
+            if isinstance(part, torch.optim.lr_scheduler.LambdaLR):
+                lrs = [base * fn(part.last_epoch) for base, fn in zip(part.base_lrs, part.lr_lambdas)]
+                for group, lr in zip(part.optimizer.param_groups, lrs):
+                    group["lr"] = lr
+                part._last_lr = lrs
         set_rng_state(ckpt["rng"])
         if announce:
             print(f"resumed {self.path} from step {ckpt['step']}", flush=True)
         return ckpt["step"], Stopwatch(ckpt.get("seconds", 0.0))
 
+    # --- the loop ---------------------------------------------------------------------------------
+
+    def steps(self, start: int, stop: int, save_every: int | None = None) -> Iterator[int]:
+        """``range(start, stop)`` with the run's safety around it: SIGTERM and SIGINT are noted, the step
+        under way finishes (``checkpoint_due`` then says to save), and the loop ends with
+        TrainingInterrupted. The handlers are restored and the lock released however the loop ends.
+        ``save_every`` (default ``loop.save_every`` of the config) spaces the regular checkpoints."""
+        self._every = save_every if save_every is not None else self.cfg.loop.save_every
+        self._stop = stop
+        self._signals.install()
+        try:
+            for step in range(start, stop):
+                yield step
+                if self._stopping and step + 1 < stop:
+                    name = signal.Signals(self._signals.received).name
+                    raise TrainingInterrupted(f"{name} received: stopped after step {step + 1} of {stop} with a "
+                                              f"checkpoint in {self.ckpt}; run the same command again to resume",
+                                              self._signals.received)
+        finally:
+            self._signals.restore()
+            self.release()
+
+    def checkpoint_due(self, done: int) -> bool:
+        """Whether to save after step ``done`` of the loop ``steps()`` runs: every ``save_every`` steps,
+        after the last, and after a step during which a stop signal came. Call it on every rank after
+        every step: the ranks agree on stopping (a max all-reduce) before any of them saves."""
+        stop = self._signals.received is not None
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            flag = torch.tensor([float(stop)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        self._stopping = self._stopping or stop
+        return self._stopping or done % self._every == 0 or done == self._stop
+
     def save(self, step: int, clock: "Stopwatch", parts: dict[str, Any],
              export: Callable[[Path], Any] | None = None, metrics: dict | None = None) -> None:
-        """Checkpoint after ``step``: every part's state, the RNG and the training time, atomically; then
-        ``export(run directory)`` (the model's ``save_pretrained``) and, when there are ``metrics``,
-        ``metrics.json`` with the step."""
-        state = {"step": step, "seconds": clock.elapsed(), "rng": rng_state(),
-                 **{key: part.state_dict() for key, part in parts.items()}}
-        atomic_write_bytes(self.ckpt, lambda p: torch.save(state, p))
+        """After ``step``: ``export(run directory)`` (the model's ``save_pretrained``), ``metrics.json`` with
+        the step when there are ``metrics``, then the checkpoint — every part's state, the RNG, the
+        training time and the config, with their checksum, atomically, the checkpoint before kept as
+        ``previous.pt``. The checkpoint comes last: a run found at its last step has its model exported.
+        CheckpointError when the checkpoint cannot be written (the older ones are intact)."""
+        seconds = clock.elapsed()
         if export is not None:
             export(self.path)
         if metrics:
             self.write_metrics({"step": step, **metrics})
+        state = {"step": step, "seconds": seconds, "rng": rng_state(), "config": to_dict(self.cfg),
+                 **{key: part.state_dict() for key, part in parts.items()}}
+        state["sha256"] = state_digest(state)
+        try:
+            atomic_write_bytes(self.ckpt, lambda p: torch.save(state, p), keep_previous=self.previous)
+        except WriteError as exc:
+            kept = f"{self.ckpt} is unchanged" if self.ckpt.exists() else "no checkpoint had been written yet"
+            raise CheckpointError(f"could not write the checkpoint of step {step} ({first_line(exc.__cause__ or exc)}); "
+                                  f"{kept} — free space and run the same command again to resume") from exc
+
+    # --- metrics ----------------------------------------------------------------------------------
 
     def write_metrics(self, metrics: dict) -> None:
-        """``metrics.json``: what the run measured."""
-        self.metrics_file.write_text(json.dumps(metrics, indent=2))
+        """``metrics.json``: what the run measured (written atomically)."""
+        text = json.dumps(metrics, indent=2)
+        atomic_write_bytes(self.metrics_file, lambda p: Path(p).write_text(text))
 
     def read_metrics(self) -> dict:
-        """``metrics.json`` as written, or {} when the run wrote none."""
-        return json.loads(self.metrics_file.read_text()) if self.metrics_file.exists() else {}
+        """``metrics.json`` as written, or {} when the run wrote none; CheckpointError when it is damaged."""
+        if not self.metrics_file.exists():
+            return {}
+        metrics = read_json(self.metrics_file, CheckpointError, "delete it (the trained model is intact) and run again")
+        if not isinstance(metrics, dict):
+            raise CheckpointError(f"{self.metrics_file} does not hold a JSON object; delete it and run again")
+        return metrics
 
     def finished_metrics(self, step: int, announce: bool = True) -> dict:
         """For a run found already trained to ``step``: say so (when ``announce``) and return what it
@@ -247,16 +513,10 @@ class RunDir:
 
 
 def load_train_config(cls: type, path: str | Path):
-    return from_dict(cls, json.loads(Path(path).read_text()))
-
-
-def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in set(a) | set(b):
-            out += _diff_keys(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
-        return out
-    return [] if a == b else [prefix]
+    data = read_json(path, ConfigError, "give a run's train_config.json")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} does not hold a JSON object")
+    return from_dict(cls, data)
 
 
 def progress_bar(total: int, initial: int, enabled: bool, desc: str):
@@ -290,6 +550,8 @@ class Stopwatch:
 
 
 def train_seconds(run_dir: str | Path) -> float:
-    """Wall-clock training seconds recorded in a run's last checkpoint (all resumes together)."""
-    ckpt = torch.load(Path(run_dir) / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    """Wall-clock training seconds recorded in a run's newest readable checkpoint (all resumes together)."""
+    ckpt = RunDir(run_dir, None).newest_checkpoint()
+    if ckpt is None:
+        raise CheckpointError(f"{run_dir} has no checkpoint: it is not a training run, or it has not saved yet")
     return float(ckpt["seconds"])
