@@ -38,7 +38,8 @@ def main() -> None:
         rows.append({"guidance_scale": s, "judge_accuracy": m["judge_accuracy"], "fd": m["fd"],
                      "samples_per_s": m["samples_per_s"]})
     cond = torch.arange(10).repeat_interleave(10)
-    save_grid(generate(run, 100, cond=cond, seed=0), REPO / "docs" / "images" / "samples.png", nrow=10, scale=2)
+    save_grid(generate(run, 100, cond=cond, guidance_scale=1.0, seed=0), REPO / "docs" / "images" / "samples.png",
+              nrow=10, scale=2)  # the README's grid, captioned "guidance scale 1"
     write_result("prior_guidance", {"rows": rows, "fd_reconstructions": m["fd_reconstructions"],
                                     "test_bits_per_token": m["test_bits_per_token"], "machine": machine(),
                                     "note": "judge-classifier FD, not Inception FID; Fashion-MNIST re-split copy",

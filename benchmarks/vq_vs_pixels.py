@@ -77,8 +77,8 @@ def main() -> None:
               "note": "FD is the judge classifier's Fréchet distance, not Inception FID; Fashion-MNIST re-split copy"}
     for name, run_dir, seconds, steps in [("vq", vq_dir, vq_seconds, PRIOR_PRESETS["fashion-mnist-class"]().loop.max_steps),
                                           ("pixel", RUNS / "bench-prior" / "pixels", px_seconds, px_steps)]:
-        m = evaluate_prior(load_prior_run(run_dir), judge, n_per_class=args.n_per_class,
-                           n_test_grids=args.n_test_grids)
+        m = evaluate_prior(load_prior_run(run_dir), judge, n_per_class=args.n_per_class, guidance_scale=1.0,
+                           n_test_grids=args.n_test_grids)  # unguided: the comparison its results report
         result[name] = {"fd": m["fd"], "judge_accuracy": m["judge_accuracy"], "samples_per_s": m["samples_per_s"],
                         "test_bits_per_token": m["test_bits_per_token"], "n_test_grids": m["n_test_grids"],
                         "n_samples": m["n_samples"], "fd_reconstructions": m["fd_reconstructions"],

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import DataError
+
 
 def to_model_range(images: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] -> float [-1, 1]; a float tensor must already be in [-1, 1]."""
@@ -26,6 +28,48 @@ def to_model_range(images: torch.Tensor) -> torch.Tensor:
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """float [-1, 1] (values outside are clipped: model outputs are unbounded) -> uint8 [0, 255]."""
     return images.detach().float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """uint8 (N, C, H, W) with C = 1 or 3 -> N PIL images (mode "L" or "RGB")."""
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4 \
+            or images.shape[1] not in (1, 3):
+        raise ValueError("to_pil expects uint8 (N, C, H, W) images with 1 or 3 channels")
+    arr = images.permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, C)
+    return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arr]
+
+
+def load_picture(source: "str | Path | Image.Image | np.ndarray | torch.Tensor", resolution: int,
+                 channels: int) -> torch.Tensor:
+    """One picture as uint8 (C, H, W) at ``resolution`` with ``channels`` (1 grey, 3 RGB): from an image
+    file, a PIL image, a uint8 (H, W) / (H, W, C) array or a uint8 (C, H, W) tensor. Resized (bicubic)
+    when its size differs; DataError for anything else."""
+    if isinstance(source, torch.Tensor):
+        if source.dtype != torch.uint8 or source.dim() != 3 or source.shape[0] not in (1, 3):
+            raise DataError(f"a picture tensor must be uint8 (C, H, W) with C = 1 or 3, got "
+                             f"{tuple(source.shape)} {source.dtype}")
+        source = source.permute(1, 2, 0).cpu().numpy()  # (H, W, C)
+    if isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or source.ndim not in (2, 3):
+            raise DataError(f"a picture array must be uint8 (H, W) or (H, W, C), got {source.shape} {source.dtype}")
+        source = Image.fromarray(source[..., 0] if source.ndim == 3 and source.shape[-1] == 1 else source)
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"no image file {path}")
+        try:
+            source = Image.open(path)
+            source.load()
+        except OSError as exc:
+            raise DataError(f"{path} is not a readable image: {exc}") from exc
+    if not isinstance(source, Image.Image):
+        raise DataError(f"a picture is an image file, a PIL image, a uint8 array or tensor, "
+                        f"got {type(source).__name__}")
+    img = source.convert("L" if channels == 1 else "RGB")
+    if img.size != (resolution, resolution):
+        img = img.resize((resolution, resolution), Image.BICUBIC)
+    arr = torch.from_numpy(np.asarray(img).copy())  # (H, W) or (H, W, 3)
+    return arr[None] if channels == 1 else arr.permute(2, 0, 1).contiguous()  # (C, H, W)
 
 
 def make_grid(images: torch.Tensor, nrow: int, pad: int = 2, pad_value: int = 255) -> np.ndarray:

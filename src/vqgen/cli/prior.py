@@ -17,61 +17,52 @@ def cmd_train_prior(args: argparse.Namespace) -> None:
     print(f"prior saved to {args.out}" + (f"; test bits/token {metrics['test_bits_per_token']:.4f}" if metrics else ""))
 
 
-def _completion_prefix(run, source: str, n: int, keep_rows: int | None):
-    """Token prefixes (the first rows of the grid) of n images from an image file or a dataset spec."""
-    import torch
-
+def _completion_sources(run, source: str, n: int):
+    """n uint8 images (n, C, H, W) to complete: one image file repeated, or the first n of a dataset's test split."""
     from ..data import load_images
     from ..errors import DataError
+    from ..images import load_picture
     codec = run.codec
-    path = Path(source)
-    if path.is_file():
-        import numpy as np
-        from PIL import Image
-        img = Image.open(path).convert("L" if codec.channels == 1 else "RGB").resize((codec.resolution,) * 2)
-        arr = torch.from_numpy(np.asarray(img).copy())
-        images = (arr[None] if codec.channels == 1 else arr.permute(2, 0, 1))[None].repeat(n, 1, 1, 1)
-    else:
-        data = load_images(source, "test", codec.resolution, codec.channels, progress=False)
-        if len(data) < n:
-            raise DataError(f"{source} has {len(data)} images, fewer than --n {n}")
-        images = data.images[:n]
-    h, w = run.prior.config.grid
-    keep = h // 2 if keep_rows is None else keep_rows
-    if not 0 < keep < h:
-        raise ConfigError(f"--keep-rows must be between 1 and {h - 1}")
-    tokens = codec.encode(images)  # (n, h, w)
-    return images, tokens[:, :keep].flatten(1)
+    if Path(source).is_file():
+        return load_picture(source, codec.resolution, codec.channels)[None].repeat(n, 1, 1, 1)  # (n, C, H, W)
+    data = load_images(source, "test", codec.resolution, codec.channels, progress=False)
+    if len(data) < n:
+        raise DataError(f"{source} has {len(data)} images, fewer than --n {n}")
+    return data.images[:n]
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
     import torch
 
     from ..images import save_grid
-    from ..prior.generate import generate, load_prior_run
+    from ..prior.generate import class_index, completion_prefix, default_guidance, generate, load_prior_run
+    if args.n < 1:
+        raise ConfigError(f"--n must be at least 1, got {args.n}")
     run = load_prior_run(args.prior)
     num_classes = run.prior.config.num_classes
-    opts = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, guidance_scale=args.guidance,
-                seed=args.seed, grid=tuple(args.grid) if args.grid else None,
-                window=tuple(args.window) if args.window else None)
+    opts = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                grid=tuple(args.grid) if args.grid else None, window=tuple(args.window) if args.window else None)
     if args.complete is not None and args.cls is not None:
         raise ConfigError("--class and --complete are exclusive")
+    conditional = args.complete is None and num_classes > 0
+    scale = default_guidance(run, conditional) if args.guidance is None else args.guidance
     if args.complete is not None:
-        originals, prefix = _completion_prefix(run, args.complete, args.n, args.keep_rows)
-        images = generate(run, args.n, prefix=prefix, **opts)
+        originals = _completion_sources(run, args.complete, args.n)
+        prefix = completion_prefix(run, originals, args.keep_rows)
+        images = generate(run, args.n, prefix=prefix, guidance_scale=scale, **opts)
         grid, nrow, what = torch.cat([originals, images]), args.n, "top row: originals; bottom row: completions"
     elif args.cls is not None or num_classes == 0:
-        if args.cls is not None and not 0 <= args.cls < max(1, num_classes):
-            raise ConfigError(f"--class must be in [0, {num_classes}) for this prior")
-        cond = torch.full((args.n,), args.cls, dtype=torch.long) if args.cls is not None else None
-        images = generate(run, args.n, cond=cond, **opts)
+        cond = None
+        if args.cls is not None:
+            cond = torch.full((args.n,), class_index(run, args.cls), dtype=torch.long)
+        images = generate(run, args.n, cond=cond, guidance_scale=scale, **opts)
         grid, nrow, what = images, min(args.n, 10), f"{args.n} samples"
     else:  # class-conditional prior, no class given: one row per class
         cond = torch.arange(num_classes).repeat_interleave(args.n)
-        images = generate(run, args.n * num_classes, cond=cond, **opts)
+        images = generate(run, args.n * num_classes, cond=cond, guidance_scale=scale, **opts)
         grid, nrow, what = images, args.n, "one row per class: " + ", ".join(run.class_names or map(str, range(num_classes)))
     path = save_grid(grid, args.out, nrow=nrow, scale=args.scale)
-    print(f"wrote {path} ({what})")
+    print(f"wrote {path} ({what}; guidance {scale:g})")
 
 
 def cmd_eval_prior(args: argparse.Namespace) -> None:
@@ -114,7 +105,7 @@ def register(sub, train, evaluate) -> None:
 
     p = sub.add_parser("sample", help="sample images from a prior")
     p.add_argument("--prior", required=True)
-    p.add_argument("--class", dest="cls", type=int, help="class id (default: one row per class)")
+    p.add_argument("--class", dest="cls", help="class id or name (default: one row per class)")
     p.add_argument("--complete", help="image file or dataset spec whose top rows are kept and completed")
     p.add_argument("--keep-rows", type=int, help="token rows kept for --complete (default: half)")
     p.add_argument("--n", type=int, default=8)
@@ -122,7 +113,8 @@ def register(sub, train, evaluate) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int)
     p.add_argument("--top-p", type=float)
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the run's recommended "
+                   "one, 2 for a prior trained with condition dropout, else 1; 1 for completions)")
     p.add_argument("--grid", type=int, nargs=2, metavar=("H", "W"), help="token grid larger than trained (sliding window)")
     p.add_argument("--window", type=int, nargs=2, metavar=("h", "w"), help="sliding-window size (default: trained grid)")
     p.add_argument("--seed", type=int, default=0)
@@ -133,7 +125,8 @@ def register(sub, train, evaluate) -> None:
     p.add_argument("run_dir")
     p.add_argument("--judge", required=True)
     p.add_argument("--n-per-class", type=int, default=100)
-    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--guidance", type=float, help="guidance scale of the samples (default: the run's recommended one; "
+                   "the report's guidance_scale says which)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--inception-weights", metavar="PATH",
                    help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or .safetensors): adds standard "

@@ -7,6 +7,9 @@
 * ``fd_reconstructions``: the same FD for codec reconstructions of the test images: the floor a prior
   can reach with this tokenizer (or palette).
 * ``samples_per_s``: images per second, sampling + decoding, batch of ``batch_size``.
+* ``guidance_scale``: the classifier-free guidance scale of the samples (judge accuracy, FDs and speed
+  are at this scale); by default the run's recommended one (``PriorConfig.default_guidance``: 2 for a
+  prior trained with condition dropout, 1 otherwise).
 * ``fid_inception`` (only when ``inception`` is given, see ``vqgen.eval.inception``): standard FID,
   Inception-v3 pool3 features of the samples vs the first ``n_reference`` test images, both at the
   codec's resolution and channels (upsampled to 299×299 by the network).
@@ -19,7 +22,7 @@ import torch
 
 from ..data import load_images
 from ..data.tokens import load_tokens
-from ..prior.generate import PriorRun, generate
+from ..prior.generate import PriorRun, default_guidance, generate
 from ..train.prior import bits_per_token
 from .classifier import judge_predictions
 from .fd import frechet_distance
@@ -27,7 +30,7 @@ from .inception import InceptionFeatures, inception_fid
 from .judge import JudgeClassifier
 
 
-def evaluate_prior(run: PriorRun, judge: JudgeClassifier, n_per_class: int = 100, guidance_scale: float = 1.0,
+def evaluate_prior(run: PriorRun, judge: JudgeClassifier, n_per_class: int = 100, guidance_scale: float | None = None,
                    temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                    seed: int = 0, batch_size: int = 100, n_reference: int = 10000, n_test_grids: int | None = None,
                    inception: InceptionFeatures | None = None) -> dict:
@@ -41,6 +44,8 @@ def evaluate_prior(run: PriorRun, judge: JudgeClassifier, n_per_class: int = 100
     classes = num_classes if num_classes else 1
     n = n_per_class * classes
     cond = torch.arange(classes).repeat_interleave(n_per_class) if num_classes else None
+    if guidance_scale is None:  # the run's recommended scale (PriorConfig.default_guidance)
+        guidance_scale = default_guidance(run, cond is not None)
     t = time.perf_counter()
     samples = generate(run, n, cond=cond, guidance_scale=guidance_scale, temperature=temperature, top_k=top_k,
                        top_p=top_p, seed=seed, batch_size=batch_size)

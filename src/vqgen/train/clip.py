@@ -19,9 +19,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..data import ImageDataset, load_images, splits_of
 from ..errors import ConfigError, DataError
+from ..hub import check_model_files
 from ..images import to_model_range
 from ..rerank.clip import ClipConfig, ClipModel, check_tokenizer, contrastive_loss
 from ..text.bpe import TOKENIZER_FILE, CaptionTokenizer
+from .cards import write_model_card
 from .common import (LoopConfig, OptimConfig, RunDir, batch_indices, check_finite, make_optimizer, optimizer_step,
                      progress_bar, setup_distributed, summary_writer)
 
@@ -93,7 +95,7 @@ def train_clip(cfg: ClipTrainConfig, out_dir: str | Path, data: str | None = Non
     """
     if data:
         cfg.data = data
-    run = RunDir(out_dir, cfg)
+    run = RunDir(out_dir, cfg, kind="clip")
     d = setup_distributed(cfg.loop.device)
     ckpt = run.prepare(d.is_main)
     mc, loop = cfg.model, cfg.loop
@@ -115,6 +117,7 @@ def train_clip(cfg: ClipTrainConfig, out_dir: str | Path, data: str | None = Non
         if d.is_main:
             tokenizer.save(run.path)
     else:
+        check_model_files(run.path)  # tokenizer.json against the checksum the exported model recorded
         tokenizer = CaptionTokenizer.load(run.path / TOKENIZER_FILE)
     check_tokenizer(mc, tokenizer, run.path)
     train_ids = _encode(tokenizer, captions, mc.max_len, "training")  # (N, L)
@@ -141,7 +144,7 @@ def train_clip(cfg: ClipTrainConfig, out_dir: str | Path, data: str | None = Non
     writer = summary_writer(run.path, start if ckpt is not None else None, d.is_main)
     bar = progress_bar(loop.max_steps, start, progress and d.is_main, "clip")
     metrics: dict = {}
-    for step in range(start, loop.max_steps):
+    for step in run.steps(start, loop.max_steps):  # ends after the step on SIGTERM / SIGINT
         model.train()
         idx = batch_indices(len(train_data), loop.batch_size, step, loop.seed, d.rank, d.world)
         x = to_model_range(train_data.images[idx].to(d.device))  # (b, C, H, W)
@@ -171,13 +174,15 @@ def train_clip(cfg: ClipTrainConfig, out_dir: str | Path, data: str | None = Non
             metrics["train_seconds"] = clock.elapsed()
             if writer is not None and "test_retrieval_top1" in metrics:
                 writer.add_scalar("test/retrieval_top1", metrics["test_retrieval_top1"], done)
-        if d.is_main and (done % loop.save_every == 0 or done == loop.max_steps):
+        if run.checkpoint_due(done) and d.is_main:  # every save_every steps, after the last, or on a stop signal
             run.save(done, clock, parts, export=model.save_pretrained, metrics=metrics)
     bar.close()
     if writer is not None:
         writer.close()
     if start >= loop.max_steps and d.is_main:
         metrics = run.finished_metrics(start)
+    if d.is_main:  # README.md: what the run is, its data, figures and command (kept when found finished)
+        write_model_card(run.path, model, data=train_data.source, overwrite=start < loop.max_steps)
     model = model.cpu().eval()
     return model, metrics
 

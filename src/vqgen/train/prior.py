@@ -16,6 +16,7 @@ from ..data.tokens import TokenDataset, load_tokens
 from ..errors import ConfigError
 from ..prior.gpt import GPTPrior, PriorConfig
 from ..prior.presets import PRESETS as MODEL_PRESETS
+from .cards import write_model_card
 from .common import (LoopConfig, OptimConfig, RunDir, batch_indices, check_finite, make_optimizer, optimizer_step,
                      progress_bar, setup_distributed, summary_writer)
 
@@ -58,7 +59,7 @@ def train_prior(cfg: PriorTrainConfig, out_dir: str | Path, tokens: str | None =
     """Train (or resume) a prior into ``out_dir``; returns (model on CPU, metrics)."""
     if tokens:
         cfg.tokens = tokens
-    run = RunDir(out_dir, cfg)
+    run = RunDir(out_dir, cfg, kind="prior")
     d = setup_distributed(cfg.loop.device)
     ckpt = run.prepare(d.is_main)
     if train_data is None:
@@ -88,7 +89,7 @@ def train_prior(cfg: PriorTrainConfig, out_dir: str | Path, tokens: str | None =
     writer = summary_writer(run.path, start if ckpt is not None else None, d.is_main)
     bar = progress_bar(loop.max_steps, start, progress and d.is_main, "prior")
     metrics: dict = {}
-    for step in range(start, loop.max_steps):
+    for step in run.steps(start, loop.max_steps):  # ends after the step on SIGTERM / SIGINT
         model.train()
         idx = batch_indices(len(train_data), loop.batch_size, step, loop.seed, d.rank, d.world)
         toks = train_data.tokens[idx].flatten(1).to(d.device)  # (b, HW)
@@ -112,13 +113,15 @@ def train_prior(cfg: PriorTrainConfig, out_dir: str | Path, tokens: str | None =
                 metrics = evaluate()
             if writer is not None and metrics:
                 writer.add_scalar("test/bits_per_token", metrics["test_bits_per_token"], done)
-        if d.is_main and (done % loop.save_every == 0 or done == loop.max_steps):
+        if run.checkpoint_due(done) and d.is_main:  # every save_every steps, after the last, or on a stop signal
             run.save(done, clock, parts, export=model.save_pretrained, metrics=metrics)
     bar.close()
     if writer is not None:
         writer.close()
     if start >= loop.max_steps and d.is_main:
         metrics = run.finished_metrics(start)
+    if d.is_main:  # README.md: what the run is, its data, figures and command (kept when found finished)
+        write_model_card(run.path, model, overwrite=start < loop.max_steps)
     return model.cpu().eval(), metrics
 
 

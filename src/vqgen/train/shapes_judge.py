@@ -27,6 +27,7 @@ from ..data.shapes import (HELD_OUT, JITTER_STEPS, MAX_JITTER, SPLIT_SIZES, load
 from ..errors import ConfigError
 from ..eval.shapes_judge import IGNORE, ShapesJudge, ShapesJudgeConfig, render_accuracy
 from ..images import to_model_range
+from .cards import write_model_card
 from .common import (LoopConfig, OptimConfig, RunDir, check_finite, make_optimizer, progress_bar, resolve_device,
                      summary_writer)
 
@@ -101,7 +102,7 @@ def evaluate_shapes_judge(judge: ShapesJudge, cfg: ShapesJudgeTrainConfig, progr
 
 def train_shapes_judge(cfg: ShapesJudgeTrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
     """Train (or resume) a shapes judge into ``out_dir``; returns the metrics written to ``metrics.json``."""
-    run = RunDir(out_dir, cfg)
+    run = RunDir(out_dir, cfg, kind="shapes-judge")
     ckpt = run.prepare()
     device = resolve_device(cfg.loop.device)
     torch.manual_seed(cfg.loop.seed)
@@ -110,13 +111,14 @@ def train_shapes_judge(cfg: ShapesJudgeTrainConfig, out_dir: str | Path, progres
     parts = {"model": model, "optimizer": opt, "scheduler": sched}
     start, clock = run.restore(ckpt, parts, announce=progress)
     if start >= cfg.loop.max_steps and run.metrics_file.exists():
+        write_model_card(run.path, model, overwrite=False)  # README.md, when the run has none yet
         return run.finished_metrics(start, announce=progress)
 
     writer = summary_writer(run.path, start if ckpt is not None else None, progress)
     bar = progress_bar(cfg.loop.max_steps, start, progress, "shapes judge")
     loss_value = float("nan")
     model.train()
-    for step in range(start, cfg.loop.max_steps):
+    for step in run.steps(start, cfg.loop.max_steps):  # ends after the step on SIGTERM / SIGINT
         images, targets = training_batch(cfg, step)  # uint8 (B, 3, R, R), int64 (B, 9, 3)
         loss = judge_loss(model(to_model_range(images.to(device))), targets.to(device))
         check_finite(loss.detach(), step, run.path)
@@ -133,7 +135,7 @@ def train_shapes_judge(cfg: ShapesJudgeTrainConfig, out_dir: str | Path, progres
         if writer is not None and (done % cfg.loop.log_every == 0 or done == cfg.loop.max_steps):
             writer.add_scalar("train/loss", loss_value, done)
             writer.add_scalar("train/lr", sched.get_last_lr()[0], done)
-        if done % cfg.loop.save_every == 0 or done == cfg.loop.max_steps:
+        if run.checkpoint_due(done):  # every save_every steps, after the last, or on a stop signal
             run.save(done, clock, parts)
     bar.close()
     if writer is not None:
@@ -145,6 +147,7 @@ def train_shapes_judge(cfg: ShapesJudgeTrainConfig, out_dir: str | Path, progres
                "final_train_loss": loss_value, "train_seconds": round(train_seconds, 2)}
     model.cpu().save_pretrained(run.path)
     run.write_metrics(metrics)
+    write_model_card(run.path, model)  # README.md: what the run is, its figures and the command that made it
     if progress:
         print(f"shapes judge: {100 * metrics['accuracy_on_renders']:.2f} % fully correct on "
               f"{metrics['n_renders']} held-out renders, trained {train_seconds:.0f} s; saved to {run.path}")

@@ -19,8 +19,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..data.tokens import TokenDataset, load_tokens
 from ..errors import ConfigError, DataError
+from ..hub import check_model_files
 from ..text.bpe import TOKENIZER_FILE, CaptionTokenizer
 from ..text.dalle import TextToImage, TextToImageConfig, hf_text_encoder_config, load_hf_text_encoder
+from .cards import write_model_card
 from .common import (LoopConfig, OptimConfig, RunDir, batch_indices, check_finite, make_optimizer, optimizer_step,
                      progress_bar, setup_distributed, summary_writer)
 
@@ -76,6 +78,7 @@ def _caption_tokenizer(cfg: TextToImageTrainConfig, run: RunDir, captions: list[
     pretrained text encoder's directory) and saved."""
     saved = run.path / TOKENIZER_FILE
     if saved.exists():
+        check_model_files(run.path)  # against the checksum the exported model recorded, if any
         return CaptionTokenizer.load(saved)
     if cfg.text_encoder_path:
         tok = CaptionTokenizer.load(cfg.text_encoder_path)
@@ -105,7 +108,7 @@ def train_text2img(cfg: TextToImageTrainConfig, out_dir: str | Path, tokens: str
     train_data = load_tokens(cfg.tokens, "train")
     test_data = load_tokens(cfg.tokens, "test") if (Path(cfg.tokens) / "test" / "done.json").exists() else None
     _check_data(cfg.model, train_data)
-    run = RunDir(out_dir, cfg)
+    run = RunDir(out_dir, cfg, kind="text2img")
     d = setup_distributed(cfg.loop.device)
     ckpt = run.prepare(d.is_main)
     tokenizer = _caption_tokenizer(cfg, run, train_data.captions, d.is_main)
@@ -141,7 +144,7 @@ def train_text2img(cfg: TextToImageTrainConfig, out_dir: str | Path, tokens: str
     writer = summary_writer(run.path, start if ckpt is not None else None, d.is_main)
     bar = progress_bar(loop.max_steps, start, progress and d.is_main, "text2img")
     metrics: dict = {}
-    for step in range(start, loop.max_steps):
+    for step in run.steps(start, loop.max_steps):  # ends after the step on SIGTERM / SIGINT
         model.train()
         idx = batch_indices(len(train_data), loop.batch_size, step, loop.seed, d.rank, d.world)
         toks = train_data.tokens[idx].flatten(1).to(d.device)  # (b, HW)
@@ -160,13 +163,15 @@ def train_text2img(cfg: TextToImageTrainConfig, out_dir: str | Path, tokens: str
                 metrics = evaluate()
             if writer is not None and metrics:
                 writer.add_scalar("test/bits_per_token", metrics["test_bits_per_token"], done)
-        if d.is_main and (done % loop.save_every == 0 or done == loop.max_steps):
+        if run.checkpoint_due(done) and d.is_main:  # every save_every steps, after the last, or on a stop signal
             run.save(done, clock, parts, export=lambda path: model.save_pretrained(path, tokenizer), metrics=metrics)
     bar.close()
     if writer is not None:
         writer.close()
     if start >= loop.max_steps and d.is_main:
         metrics = run.finished_metrics(start)
+    if d.is_main:  # README.md: what the run is, its data, figures and command (kept when found finished)
+        write_model_card(run.path, model, overwrite=start < loop.max_steps)
     return model.cpu().eval(), tokenizer, metrics
 
 

@@ -20,6 +20,7 @@ from ..images import to_model_range, to_uint8
 from ..tokenizer.discriminator import PatchDiscriminator
 from ..tokenizer.losses import adaptive_weight, generator_adv_loss, hinge_d_loss, reconstruction_loss
 from ..tokenizer.vqgan import TokenizerConfig, VQTokenizer
+from .cards import write_model_card
 from .common import (LoopConfig, OptimConfig, RunDir, autocast, batch_indices, check_finite, make_optimizer,
                      progress_bar, setup_distributed, summary_writer)
 
@@ -65,7 +66,7 @@ def _psnr(x: torch.Tensor, y: torch.Tensor) -> float:
 def train_tokenizer(cfg: TokenizerTrainConfig, out_dir: str | Path, data: str | None = None,
                     train_data: ImageDataset | None = None, progress: bool = True) -> VQTokenizer:
     """Train (or resume) a tokenizer into ``out_dir``; returns the trained model (unwrapped, on CPU)."""
-    run = RunDir(out_dir, cfg)
+    run = RunDir(out_dir, cfg, kind="tokenizer")
     d = setup_distributed(cfg.loop.device)
     ckpt = run.prepare(d.is_main)
     ae = cfg.model.autoencoder
@@ -103,7 +104,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out_dir: str | Path, data: str | 
     fixed = to_model_range(train_data.images[:16]).to(d.device)  # images shown in TensorBoard
     bar = progress_bar(loop.max_steps, start, progress and d.is_main, "tokenizer")
     n_micro = loop.grad_accum
-    for step in range(start, loop.max_steps):
+    for step in run.steps(start, loop.max_steps):  # ends after the step on SIGTERM / SIGINT
         model.train()
         idx = batch_indices(len(train_data), loop.batch_size, step, loop.seed, d.rank, d.world)
         x = to_model_range(train_data.images[idx]).to(d.device, non_blocking=True)  # (b, C, H, W)
@@ -162,13 +163,15 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out_dir: str | Path, data: str | 
                 rec = model.reconstruct(fixed)
             pair = torch.cat([to_uint8(fixed), to_uint8(rec)], dim=0)  # originals above reconstructions
             writer.add_images("reconstructions", pair.cpu(), done, dataformats="NCHW")
-        if d.is_main and (done % loop.save_every == 0 or done == loop.max_steps):
+        if run.checkpoint_due(done) and d.is_main:  # every save_every steps, after the last, or on a stop signal
             run.save(done, clock, parts, export=model.save_pretrained)
     bar.close()
     if writer is not None:
         writer.close()
     if ckpt is not None and start >= loop.max_steps and d.is_main:
         print(f"{run.path} is already trained to step {start}", flush=True)
+    if d.is_main:  # README.md: what the run is, its data, figures and command (kept when found finished)
+        write_model_card(run.path, model, data=train_data.source, overwrite=start < loop.max_steps)
     return model.cpu().eval()
 
 
