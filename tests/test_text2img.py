@@ -167,6 +167,9 @@ def test_caption_dropout_uses_the_empty_caption():
         model(model.null_caption(4, 10), toks).reshape(-1, 16), toks.reshape(-1)))
     with pytest.raises(ValueError, match="caption_drop_prob"):
         small_config(caption_drop_prob=0.0, guidance_scale=2.0)
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="temperature"):
+            small_config(temperature=bad)
 
 
 def test_save_and_load_are_strict_and_carry_the_tokenizer(tmp_path):

@@ -89,3 +89,14 @@ def test_over_long_caption_is_truncated_with_a_warning(trained):
     with pytest.warns(UserWarning, match="truncated"):
         assert main(["generate", "a red circle " * 30, "--model", str(trained / "t2i"), "--n", "1",
                      "--out", str(trained / "long.png")]) == 0
+
+
+def test_sampling_defaults_come_from_the_run(trained):
+    """generate_candidates takes the run's recorded guidance scale and temperature when given none."""
+    from vqgen.text.generate import generate_candidates, load_text2img_run
+    run = load_text2img_run(trained / "t2i")
+    run.model.config.guidance_scale, run.model.config.temperature = 1.0, 0.25
+    default = generate_candidates(run, ["a red circle"], 3, seed=1)  # (1, 3, C, H, W)
+    assert torch.equal(default, generate_candidates(run, ["a red circle"], 3, guidance_scale=1.0, temperature=0.25,
+                                                    seed=1))
+    assert not torch.equal(default, generate_candidates(run, ["a red circle"], 3, temperature=4.0, seed=1))

@@ -38,43 +38,27 @@ def cmd_train_shapes_judge(args: argparse.Namespace) -> None:
     print(f"shapes judge saved to {args.out}; fully correct on held-out renders: {metrics['accuracy_on_renders']:.4f}")
 
 
-def _check_counts(n: int, keep: int | None) -> int:
-    if n < 1:
-        raise ConfigError(f"--n must be at least 1, got {n}")
-    keep = n if keep is None else keep
-    if not 1 <= keep <= n:
-        raise ConfigError(f"--keep must be between 1 and --n ({n}), got {keep}")
-    return keep
-
-
 def cmd_generate(args: argparse.Namespace) -> None:
     from ..images import save_captioned_grid
-    from ..text.generate import check_caption, generate_candidates, load_text2img_run
-    keep = _check_counts(args.n, args.keep)
+    from ..text.generate import best_of, check_caption, check_counts, load_text2img_run
+    keep = check_counts(args.n, args.keep, can_rank=bool(args.clip), rank_hint="give --clip CLIP_DIR", flag="--")
     captions = [check_caption(c) for c in args.captions]
     scorer = None
     if args.clip:
-        from ..rerank.clip import load_clip, rerank
+        from ..rerank.clip import load_clip
         scorer = load_clip(args.clip)
-    elif keep < args.n:
-        raise ConfigError(f"--keep {keep} < --n {args.n} ranks candidates: give --clip CLIP_DIR")
     run = load_text2img_run(args.model)
-    candidates = generate_candidates(run, captions, args.n, guidance_scale=args.guidance, temperature=args.temperature,
-                                     top_k=args.top_k, top_p=args.top_p, seed=args.seed)  # (N, n, C, H, W)
-    images, labels = [], []
-    for caption, cands in zip(captions, candidates):
-        if scorer is not None:
-            kept, scores = rerank(cands, caption, scorer, keep)
-            images.append(cands[kept])
-            labels += [f"{caption} ({float(scores[i]):.1f})" for i in kept.tolist()]
-        else:
-            images.append(cands[:keep])
-            labels += [caption] * keep
+    ranked = best_of(run, captions, args.n, keep, scorer, guidance_scale=args.guidance, temperature=args.temperature,
+                     top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    labels = []
+    for r in ranked:  # the CLIP score under each picture when there is one
+        labels += [f"{r.caption} ({s:.1f})" for s in r.scores.tolist()] if r.scores is not None else [r.caption] * keep
     import torch
-    path = save_captioned_grid(torch.cat(images), labels, args.out, nrow=keep, scale=args.scale)
+    path = save_captioned_grid(torch.cat([r.images for r in ranked]), labels, args.out, nrow=keep, scale=args.scale)
     how = f"best {keep} of {args.n} by CLIP score" if scorer is not None else f"{keep} samples, not reranked"
     scale = run.model.config.guidance_scale if args.guidance is None else args.guidance
-    print(f"wrote {path}: one row per caption, {how}; guidance {scale:g}")
+    temperature = run.model.config.temperature if args.temperature is None else args.temperature
+    print(f"wrote {path}: one row per caption, {how}; guidance {scale:g}, temperature {temperature:g}")
 
 
 def _test_records(run_dir: str, captions_file: str | None):
@@ -85,8 +69,9 @@ def _test_records(run_dir: str, captions_file: str | None):
     from ..data.tokens import read_meta
     if captions_file:
         return read_records(captions_file), None, True
-    source = read_meta(json.loads((Path(run_dir) / "train_config.json").read_text())["tokens"]).get("source", "")
-    if parse_spec(source)[0] != "shapes":
+    from ..hub import run_tokens_dir
+    source = read_meta(run_tokens_dir(run_dir, "text2img")).get("source", "")
+    if not isinstance(source, str) or parse_spec(source)[0] != "shapes":
         raise ConfigError(f"{run_dir} was trained on {source!r}, which has no attribute records: pass "
                           "--captions FILE.jsonl")
     from ..data.shapes import load_shapes
@@ -117,6 +102,7 @@ def cmd_eval_text2img(args: argparse.Namespace) -> None:
     report = evaluate_text2img(records, sample_fn, scorer.score, judge, guidance_scale=scale, renders=renders,
                                n_candidates=args.candidates, seed=args.seed, progress=not args.json,
                                by_objects_only=by_objects)
+    report["temperature"] = run.model.config.temperature  # every variant samples at the model's temperature
     if args.report:
         from ..hub import atomic_write_bytes
         text = json.dumps(report, indent=2)
@@ -150,7 +136,7 @@ def register(sub, train, evaluate) -> None:
     p.add_argument("--keep", type=int, help="best candidates to keep (default: all)")
     p.add_argument("--out", required=True)
     p.add_argument("--guidance", type=float, help="super-conditioning scale (default: the model's)")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, help="sampling temperature (default: the model's)")
     p.add_argument("--top-k", type=int)
     p.add_argument("--top-p", type=float)
     p.add_argument("--seed", type=int, default=0)

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..hub import load_pretrained, save_pretrained
+from ..hub import first_line, load_pretrained, save_pretrained
 from ..layers import DecoderBlock, KVCache, TransformerBlock, check_token_ids, init_gpt_weights
-from .bpe import CaptionTokenizer
+from .bpe import TOKENIZER_FILE, CaptionTokenizer
 
 KIND = "text2img"
 
@@ -48,6 +48,7 @@ class TextToImageConfig:
     dropout: float = 0.0
     caption_drop_prob: float = 0.1    # training-time probability of the empty caption (guidance)
     guidance_scale: float = 1.0       # default super-conditioning scale at sampling (the best measured)
+    temperature: float = 1.0          # default sampling temperature (the best measured with guidance_scale)
     pad_id: int = 0                   # special ids of the caption tokenizer, set when it is trained
     bos_id: int = 1
     eos_id: int = 2
@@ -69,6 +70,8 @@ class TextToImageConfig:
                              f"{self.dropout}, {self.caption_drop_prob}")
         if not self.guidance_scale >= 0:
             raise ValueError(f"guidance_scale must be ≥ 0, got {self.guidance_scale}")
+        if not 0 < self.temperature < float("inf"):
+            raise ValueError(f"temperature must be > 0 and finite, got {self.temperature}")
         if self.guidance_scale != 1.0 and self.caption_drop_prob == 0:
             raise ValueError("a guidance_scale ≠ 1 needs caption_drop_prob > 0 (the unconditional model)")
 
@@ -247,11 +250,10 @@ class TextToImage(nn.Module):
     # ---- saving --------------------------------------------------------------------------------
 
     def save_pretrained(self, directory: str | Path, tokenizer: CaptionTokenizer | None = None) -> Path:
-        """``config.json`` + ``model.safetensors`` (+ the caption tokenizer's ``tokenizer.json``)."""
-        out = save_pretrained(self, self.config, directory, KIND)
-        if tokenizer is not None:
-            tokenizer.save(out)
-        return out
+        """``config.json`` + ``model.safetensors`` (+ the caption tokenizer's ``tokenizer.json``, whose
+        checksum the weights record)."""
+        files = {TOKENIZER_FILE: tokenizer.to_str()} if tokenizer is not None else None
+        return save_pretrained(self, self.config, directory, KIND, files=files)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "TextToImage":
@@ -264,7 +266,10 @@ def hf_text_encoder_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not (path / "config.json").is_file():
         raise ConfigError(f"{path} is not a saved transformers model (no config.json)")
-    cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    try:
+        cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - a damaged or foreign directory is bad input
+        raise ConfigError(f"{path} is not a readable transformers model ({first_line(exc)})") from exc
     if getattr(cfg, "model_type", None) == "clip":
         cfg = cfg.text_config
     return cfg.to_diff_dict() | {"model_type": cfg.model_type}
@@ -275,7 +280,11 @@ def load_hf_text_encoder(model: TextToImage, path: str | Path) -> None:
     from transformers import AutoModel
     if model.config.hf_text_encoder is None:
         raise ConfigError("this model has its own caption encoder; it takes no pretrained text encoder")
-    pretrained = AutoModel.from_pretrained(str(path), local_files_only=True)
+    try:
+        pretrained = AutoModel.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - missing, truncated or damaged weights are bad input
+        raise ConfigError(f"{path}: its weights cannot be loaded ({first_line(exc)}); give an intact "
+                          "transformers model directory") from exc
     if hasattr(pretrained, "text_model") and model.config.hf_text_encoder.get("model_type") == "clip_text_model":
         pretrained = pretrained.text_model  # a whole CLIP: keep its text tower
         state = {f"text_model.{k}": v for k, v in pretrained.state_dict().items()}
