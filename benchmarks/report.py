@@ -134,7 +134,8 @@ def text2img_sections(lines: list[str]) -> None:
                   f"Judge (a separate per-cell classifier, never trained on generated images): "
                   f"{pct(r['judge_accuracy_on_renders'])} fully correct on the test renders. Fully correct = every "
                   "attribute the caption states is right (shape, colour, size, position, relation, object count). "
-                  f"Guided = super-conditioning at scale {r['guidance_scale']:g}; rerank = CLIP's best of "
+                  f"Guided = super-conditioning at scale {r['guidance_scale']:g}; every variant samples at temperature "
+                  f"{r.get('temperature', 1.0):g} (the sweep's best pair below); rerank = CLIP's best of "
                   f"{r['n_candidates']}, from the same draws as the unranked first candidate.", "",
                   "| captions | no rerank | rerank | no rerank, guided | rerank, guided |", "|---|---|---|---|---|"]
         for g in ("single", "two", "heldout"):
@@ -143,14 +144,14 @@ def text2img_sections(lines: list[str]) -> None:
                          f"{pct(m['rerank8_guided'])} |")
         lines += ["", "Per attribute (no rerank, guided): " + ", ".join(
             f"{k} {pct(v)}" for k, v in r["per_attribute"].items()) + ".", "",
-                  "Super-conditioning sweep (first captions of the test split, one sample each, fully correct):", "",
-                  "| scale | single | two | held out | mean |", "|---|---|---|---|---|"]
+                  "Sampling sweep (first 200 captions of the test split, one sample each, fully correct):", "",
+                  "| scale | temperature | single | two | held out | mean |", "|---|---|---|---|---|---|"]
         for row in r["guidance_sweep"]:
-            lines.append(f"| {row['guidance_scale']:g} | {pct(row['single'])} | {pct(row['two'])} | "
-                         f"{pct(row['heldout'])} | {pct(row['mean'])} |")
+            lines.append(f"| {row['guidance_scale']:g} | {row.get('temperature', 1.0):g} | {pct(row['single'])} | "
+                         f"{pct(row['two'])} | {pct(row['heldout'])} | {pct(row['mean'])} |")
         t = r["train_seconds"]
-        lines += ["", "Training seconds, as recorded in each run (tokenizer, CLIP and judge were reused from earlier runs "
-                  "made while the CPU was shared; the judge then had 1500 steps): " +
+        lines += ["", "Training seconds, as recorded in each run (tokenizer, text-to-image model and CLIP were reused "
+                  "from earlier runs of the same presets; the judge was retrained on a shared CPU): " +
                   ", ".join(f"{k} {f(v, 0) if v is not None else '–'}" for k, v in t.items()) +
                   f"; evaluation {f(r['eval_seconds'], 0)} s.", "", "![text to image](images/text2img.png)", ""]
     s_ = load("text2img_sampling")
@@ -170,6 +171,33 @@ def text2img_sections(lines: list[str]) -> None:
         lines += ["", f"HF: {s_['hf_guidance']}.", ""]
 
 
+def faults_section(lines: list[str]) -> None:
+    r = load("faults")
+    if not r:
+        return
+    lines += ["## Faults and bad files", "", f"Command: `{r['command']}`  ", machine_line(r) + "  ",
+              f"{r['scenarios']} scenarios on tiny runs of every training stage (tokenizer, prior, text2img, CLIP, shapes "
+              f"judge, classifier) in {f(r['seconds'], 0)} s: processes killed (SIGKILL) or signalled (SIGTERM, SIGINT) at "
+              "random steps, checkpoint and model writes that fail half-way (disk full) or die in the middle, a second "
+              "process into a run being trained, runs continued with a larger `--max-steps`, and files of every kind "
+              "truncated, emptied, deleted, replaced by garbage or bit-flipped before a command reads them. "
+              "Clear = exit 2 with one `vqgen: error:` line; exact = the resumed run ends with the same model bytes as "
+              "one never interrupted (or the command gives what it gives on the intact file); lost = a run or command "
+              "silently ends differently.", "",
+              f"**{r['clear_or_exact']} of {r['scenarios']} ended in a clear error or an exact resume; {r['lost']} lost "
+              f"data, {r['tracebacks']} printed a traceback.**", "",
+              "| scenario | tried | clear error | exact | lost | traceback |", "|---|---|---|---|---|---|"]
+    for name, c in r["by_category"].items():
+        lines.append(f"| {name} | {c['scenarios']} | {c['clear']} | {c['exact']} | {c['lost']} | {c['traceback']} |")
+    lines.append("")
+    late = [f"{r[k]} {what}" for k, what in (("signals_after_the_loop", "reached a run after its last step (its final "
+                                               "evaluation or export: it stopped at once, with one line)"),
+                                              ("signals_after_the_end", "reached a run that had just finished"))
+            if r.get(k)]
+    if late:
+        lines += ["Of the signals, " + "; ".join(late) + ".", ""]
+
+
 def main() -> None:
     lines = ["# Benchmarks", "",
              "Rendered by `python benchmarks/report.py` from `benchmarks/results/*.json`; each section names the command "
@@ -177,7 +205,7 @@ def main() -> None:
              "10 000 test, **not the official test split**), so numbers are not comparable with published ones. "
              "Timings are from a shared 2-core CPU and are noisy; compare ratios within one run.", ""]
     for section in (text2img_sections, tokenizer_section, folder_section, throughput_section, prior_sections,
-                    sampling_section):
+                    sampling_section, faults_section):
         section(lines)
     out = REPO / "docs" / "benchmarks.md"
     out.write_text("\n".join(lines) + "\n")

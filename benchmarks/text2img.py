@@ -1,12 +1,14 @@
 """Text to image on `shapes`, end to end: tokenizer → token shards → text-to-image model, CLIP and the
 judge → every test caption sampled, reranked and judged.
 
-    python benchmarks/text2img.py --json [--preset shapes] [--scales 1,2,3,5] [--sweep-captions 200]
+    python benchmarks/text2img.py --json [--preset shapes] [--scales 1,1.5,2,3] [--temperatures 1,0.7,0.5]
+                                         [--sweep-captions 200]
                                          [--n-captions N] [--work DIR] [--out FILE]
 
 Trains each part with its preset (reusing finished runs under ``--work``), sweeps the super-conditioning
 scale on the first ``--sweep-captions`` test captions (fully-correct fraction without reranking, the
-number a user sees from one sample), then evaluates all test captions at the best scale: the object
+number a user sees from one sample) and the sampling temperature, then evaluates all test captions at the
+best pair (every variant at the best temperature): the object
 ``vqgen eval text2img`` prints, plus training times, the sweep and the preset's own default scale.
 The judge and CLIP are separate networks trained separately, and the judge never sees generated
 images. Writes docs/images/text2img.png (best 4 of 16 by CLIP for a few captions, one held out).
@@ -14,6 +16,7 @@ images. Writes docs/images/text2img.png (best 4 of 16 by CLIP for a few captions
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -67,7 +70,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--preset", default="shapes-long")
-    ap.add_argument("--scales", default="1,2,3,5", help="super-conditioning scales of the sweep")
+    ap.add_argument("--scales", default="1,1.5,2,3", help="super-conditioning scales of the sweep")
+    ap.add_argument("--temperatures", default="1,0.7,0.5", help="sampling temperatures of the sweep")
     ap.add_argument("--sweep-captions", type=int, default=200)
     ap.add_argument("--n-captions", type=int, help="evaluate only the first N test captions (default: all)")
     ap.add_argument("--work", default=str(RUNS / "bench-text2img"))
@@ -81,33 +85,42 @@ def main() -> None:
     test = load_shapes(0, "test", progress=False)
     records = test.records[: args.n_captions] if args.n_captions else test.records
 
+    temperature = 1.0  # set by the sweep below, read by sample_fn
+
     def sample_fn(captions: list[str], n: int, scale: float, seed: int) -> torch.Tensor:
-        return generate_candidates(run, captions, n, guidance_scale=scale, seed=seed)
+        return generate_candidates(run, captions, n, guidance_scale=scale, temperature=temperature, seed=seed)
 
     sweep = []
-    for s in map(float, args.scales.split(",")):
-        t = time.perf_counter()
-        r = evaluate_text2img(records[: args.sweep_captions], sample_fn, scorer.score, judge, guidance_scale=s,
-                              n_candidates=1, progress=False)
-        fully = [r[g]["no_rerank_guided"] for g in ("single", "two", "heldout") if r[g]["no_rerank_guided"] is not None]
-        sweep.append({"guidance_scale": s, "single": r["single"]["no_rerank_guided"], "two": r["two"]["no_rerank_guided"],
-                      "heldout": r["heldout"]["no_rerank_guided"], "mean": sum(fully) / len(fully),
-                      "seconds": round(time.perf_counter() - t, 1)})
-    best = max(sweep, key=lambda row: row["mean"])["guidance_scale"]
+    for temperature in map(float, args.temperatures.split(",")):
+        for s in map(float, args.scales.split(",")):
+            t = time.perf_counter()
+            r = evaluate_text2img(records[: args.sweep_captions], sample_fn, scorer.score, judge, guidance_scale=s,
+                                  n_candidates=1, progress=False)
+            fully = [r[g]["no_rerank_guided"] for g in ("single", "two", "heldout")
+                     if r[g]["no_rerank_guided"] is not None]
+            sweep.append({"guidance_scale": s, "temperature": temperature, "single": r["single"]["no_rerank_guided"],
+                          "two": r["two"]["no_rerank_guided"], "heldout": r["heldout"]["no_rerank_guided"],
+                          "mean": sum(fully) / len(fully), "seconds": round(time.perf_counter() - t, 1)})
+            print(json.dumps(sweep[-1]), file=sys.stderr, flush=True)
+    best_row = max(sweep, key=lambda row: row["mean"])
+    best, temperature = best_row["guidance_scale"], best_row["temperature"]
     t = time.perf_counter()
     report = evaluate_text2img(records, sample_fn, scorer.score, judge, guidance_scale=best,
                                renders=(test.images, test.targets), progress=progress)
+    report["temperature"] = temperature
     eval_seconds = time.perf_counter() - t
 
     grid, labels = [], []
-    candidates = generate_candidates(run, FIGURE_CAPTIONS, 16, guidance_scale=best, seed=0)  # (N, 16, C, H, W)
+    candidates = generate_candidates(run, FIGURE_CAPTIONS, 16, guidance_scale=best, temperature=temperature,
+                                     seed=0)  # (N, 16, C, H, W)
     for caption, cands in zip(FIGURE_CAPTIONS, candidates):
         kept, scores = rerank(cands, caption, scorer, 4)
         grid.append(cands[kept])
         labels += [f"{caption} ({float(scores[i]):.1f})" for i in kept.tolist()]
     save_captioned_grid(torch.cat(grid), labels, REPO / "docs" / "images" / "text2img.png", nrow=4, scale=4)
 
-    write_result("text2img", {**report, "preset": args.preset, "preset_guidance_scale": run.model.config.guidance_scale,
+    write_result("text2img", {**report, "preset": args.preset, "run_guidance_scale": run.model.config.guidance_scale,
+                              "run_temperature": run.model.config.temperature,
                               "guidance_sweep": sweep, "train_seconds": runs["seconds"],
                               "eval_seconds": round(eval_seconds, 1),
                               "params_text2img": run.model.num_params(), "machine": machine(),
