@@ -3,22 +3,31 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install browser test demo bench clean
+.PHONY: install install-dev browser test demo clean
 
+# What `make demo` needs: the package and its runtime dependencies.
 install: $(STAMP)
-
-# Test-only: taming-transformers' own modules, which tests/test_convert.py checks `vqgen import taming`
-# against. --no-deps: its declared dependencies would pull Lightning and torchvision, and the modules the
-# tests use need only torch, numpy and einops.
-TAMING := taming-transformers-rom1504==0.0.6
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $(STAMP)
+
+# What `make test` needs on top: the dev extras (pytest, hypothesis, transformers, gradio, playwright) and,
+# test-only, taming-transformers' own modules, which tests/test_convert.py checks `vqgen import taming`
+# against. --no-deps: its declared dependencies would pull Lightning and torchvision, and the modules the
+# tests use need only torch, numpy and einops.
+TAMING := taming-transformers-rom1504==0.0.6
+
+install-dev: $(DEV_STAMP)
+
+$(DEV_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	$(BIN)/python -m pip install -q --no-deps '$(TAMING)'
-	touch $(STAMP)
+	touch $(DEV_STAMP)
 
 # The web page's end-to-end test (tests/test_serve.py) drives Debian's chromium, headless, through
 # playwright (whose own browser downloads are never used). Installed here when missing and we are root
@@ -33,7 +42,7 @@ browser:
 	         "(or make test as root); without it that test fails" >&2; \
 	  fi; }
 
-test: install browser
+test: install-dev browser
 	VQGEN_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q tests
 
 # The main job: text to image on the procedural `shapes` dataset, from nothing to judged pictures.

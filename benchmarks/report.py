@@ -154,6 +154,24 @@ def text2img_sections(lines: list[str]) -> None:
                   "from earlier runs of the same presets; the judge was retrained on a shared CPU): " +
                   ", ".join(f"{k} {f(v, 0) if v is not None else '–'}" for k, v in t.items()) +
                   f"; evaluation {f(r['eval_seconds'], 0)} s.", "", "![text to image](images/text2img.png)", ""]
+    e = load("token_entropy")
+    if e:
+        c = e["cells"]
+        lines += ["### What the prior is asked to model: the tokenizer's codes", "", f"Command: `{e['command']}`  ",
+                  machine_line(e) + "  ",
+                  f"Over {e['n_grids']} training grids ({e['grid'][0]}×{e['grid'][1]}) of the benchmark's `shapes` "
+                  f"tokenizer: {e['codes_used']} of {e['vocab_size']} codes in use, {e['entropy_bits']:g} bits of "
+                  f"entropy per token (at most {e['max_entropy_bits']:g}). Cells that mostly show the plain "
+                  "background still carry many codes: " + ", ".join(
+                      f"{k} {v['distinct_codes']} distinct codes ({v['entropy_bits']:g} bits)" for k, v in c.items()) +
+                  f". Changing only the colour or size of one circle in the bottom-right cell changes on average "
+                  f"{e['far_object_changes_top_left_cells']:g} of the 9 top-left token cells "
+                  f"({e['far_object_scenes']} scenes against the empty one): GroupNorm's statistics span the whole "
+                  "picture, so background codes depend on every object, and the text-to-image model has to predict "
+                  "that dependence before it draws anything. A local tokenizer is the next lever on the figures "
+                  "above (an encoder with per-pixel channel LayerNorm in place of GroupNorm was tried once: its "
+                  "background codes still varied, because k-means and dead-code restarts place many codes in the "
+                  "dense background cluster — see issue 12 on the restart rule).", ""]
     s_ = load("text2img_sampling")
     if s_:
         kv = s_["kv_tokens_per_s"]
