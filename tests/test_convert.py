@@ -12,6 +12,7 @@ import io
 import json
 import os
 import pickle
+import pickletools
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -128,13 +129,18 @@ def test_reader_gets_the_tensors_and_never_runs_the_code_that_torch_refuses(tmp_
     assert marker.exists()
 
 
-def _crafted_zip(path: Path, tensor_args: tuple, nbytes: int = 16) -> None:
-    """A torch-style zip whose pickle rebuilds a tensor from ``tensor_args`` over one float storage."""
+def _crafted_zip(path: Path, tensor_args: tuple, nbytes: int = 16, *, state: tuple | None = None,
+                 data: bytes | None = None, compress: int = zipfile.ZIP_STORED) -> None:
+    """A torch-style zip whose pickle rebuilds a tensor from ``tensor_args`` over one float storage of
+    ``nbytes``; ``state`` (with ``tensor_args`` or ``state`` naming the storage as ``"storage"``) is then set on
+    the tensor by a BUILD opcode; the storage entry holds ``data`` (zeros by default), compressed with ``compress``."""
     storage = object()
+    swap = lambda args: tuple(storage if a == "storage" else a for a in args)  # noqa: E731
 
     class Tensor:
         def __reduce__(self):
-            return (torch._utils._rebuild_tensor_v2, (storage, *tensor_args, False, OrderedDict()))
+            rebuild = (torch._utils._rebuild_tensor_v2, (storage, *tensor_args, False, OrderedDict()))
+            return rebuild if state is None else (*rebuild, swap(state))  # a third item: pickled as BUILD
 
     class Pickler(pickle.Pickler):
         def persistent_id(self, obj):
@@ -145,7 +151,7 @@ def _crafted_zip(path: Path, tensor_args: tuple, nbytes: int = 16) -> None:
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("archive/data.pkl", buf.getvalue())
         z.writestr("archive/byteorder", "little")
-        z.writestr("archive/data/0", bytes(nbytes))
+        z.writestr("archive/data/0", bytes(nbytes) if data is None else data, compress_type=compress)
 
 
 @pytest.mark.parametrize("make, msg", [
@@ -156,6 +162,12 @@ def _crafted_zip(path: Path, tensor_args: tuple, nbytes: int = 16) -> None:
     (lambda p: _crafted_zip(p, (0, (100,), (1,))), "outside its storage"),  # 100 floats from 4
     (lambda p: _crafted_zip(p, (3, (2, 2), (1, 1))), "outside its storage"),  # elements 3..5 of 4
     (lambda p: _crafted_zip(p, (0, (4,), (-1,))), "malformed tensor record"),
+    # Sizes torch cannot hold in int64: set_() / torch.empty would raise TypeError or overflow.
+    (lambda p: _crafted_zip(p, (0, (2**70,), (0,))), "malformed tensor record"),
+    (lambda p: _crafted_zip(p, (0, (0, 2**70), (1, 1))), "malformed tensor record"),
+    (lambda p: _crafted_zip(p, (2**63, (1,), (1,))), "malformed tensor record"),
+    (lambda p: _crafted_zip(p, (0, (2**62,), (0,))), "overflow int64"),  # 2**62 floats: 2**64 bytes
+    (lambda p: _crafted_zip(p, (0, (2, 2), (2**62, 1))), "overflow int64"),  # last element past int64
 ])
 def test_reader_rejects_bad_files_with_one_clear_error(tmp_path, make, msg):
     path = tmp_path / "bad.ckpt"
@@ -165,6 +177,68 @@ def test_reader_rejects_bad_files_with_one_clear_error(tmp_path, make, msg):
     assert msg in str(err.value).lower()
     with pytest.raises(WeightsError, match="not found"):
         read_state_dict(tmp_path / "missing.ckpt")
+
+
+@pytest.mark.parametrize("state", [("storage", 0, (100,), (1,)), ("storage", 0, (4,), (-1,)), (None, {"offset": 9})])
+def test_reader_refuses_a_pickle_that_rewrites_a_validated_tensor_record(tmp_path, state):
+    path = tmp_path / "bad.ckpt"
+    _crafted_zip(path, (0, (4,), (1,)), state=state)  # valid when rebuilt, then a BUILD sets other fields
+    with zipfile.ZipFile(path) as z:
+        assert "BUILD" in {op.name for op, _, _ in pickletools.genops(z.read("archive/data.pkl"))}
+    with pytest.raises(WeightsError, match="bad.ckpt") as err:
+        read_state_dict(path)
+    assert "(BUILD): refused" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_reader_refuses_build_on_a_storage_type(tmp_path):
+    path = tmp_path / "bad.ckpt"
+    with zipfile.ZipFile(path, "w") as z:  # GLOBAL torch.FloatStorage, EMPTY_DICT, BUILD, STOP
+        z.writestr("archive/data.pkl", b"\x80\x02ctorch\nFloatStorage\n}b.")
+    with pytest.raises(WeightsError, match=r"StorageType \(BUILD\): refused"):
+        read_state_dict(path)
+
+
+def test_reader_validates_a_tensor_record_again_where_it_reads_it(tmp_path):
+    path = tmp_path / "ok.ckpt"
+    _crafted_zip(path, (0, (4,), (1,)))
+    with open_checkpoint(path) as ckpt:
+        ref = ckpt.root["state_dict"]["w"]
+        object.__setattr__(ref, "size", (2**70,))  # as a BUILD could have done before it was refused
+        object.__setattr__(ref, "stride", (0,))
+        with pytest.raises(pickle.UnpicklingError, match="malformed tensor record"):
+            ckpt.tensor(ref)
+
+
+@pytest.mark.parametrize("data, compress, msg", [
+    (bytes(64 << 20), zipfile.ZIP_DEFLATED, "is compressed"),  # 64 MiB of zeros in ~64 KiB: a bomb
+    (bytes(16), zipfile.ZIP_DEFLATED, "is compressed"),  # torch.save never compresses an entry
+    (bytes(64), zipfile.ZIP_STORED, "holds 64 bytes, its storage record declares 16"),
+], ids=["deflated-bomb", "deflated", "stored-oversized"])
+def test_reader_refuses_storage_entries_larger_than_their_record_without_reading_them(
+        tmp_path, monkeypatch, data, compress, msg):
+    path = tmp_path / "bad.ckpt"
+    _crafted_zip(path, (0, (4,), (1,)), data=data, compress=compress)
+    assert path.stat().st_size < 1 << 20
+    opened = []
+    real_open = zipfile.ZipFile.open
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, name, *a, **k: (
+        opened.append(getattr(name, "filename", name)), real_open(self, name, *a, **k))[1])
+    with pytest.raises(WeightsError, match="bad.ckpt") as err:
+        read_state_dict(path)
+    assert msg in str(err.value) and "archive/data/0" in str(err.value)
+    assert "archive/data.pkl" in opened and "archive/data/0" not in opened
+
+
+def test_reader_refuses_a_compressed_pickle(tmp_path):
+    path = tmp_path / "bad.ckpt"
+    buf = io.BytesIO()
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, buf)
+    with zipfile.ZipFile(buf) as src, zipfile.ZipFile(path, "w") as dst:  # only data.pkl DEFLATEd
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info), compress_type=zipfile.ZIP_DEFLATED
+                         if info.filename.endswith("/data.pkl") else zipfile.ZIP_STORED)
+    with pytest.raises(WeightsError, match="'archive/data.pkl' is compressed"):
+        read_state_dict(path)
 
 
 def test_reader_reads_a_crafted_in_bounds_view(tmp_path):

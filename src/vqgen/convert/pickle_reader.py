@@ -14,13 +14,18 @@ libraries and call whatever the pickle names. This reader unpickles with ``find_
   ``os.system`` — becomes an :class:`Opaque` class: calling it, building it, setting its state or items
   does nothing at all.
 
-Only the tensors asked for are then read from the file's storage records, bounds-checked. Both of
-torch's formats are read: the zip archive (``torch.save`` since torch 1.6) and the older sequence of
-pickles (``_use_new_zipfile_serialization=False``); the pre-1.0 tar format is refused with a clear error.
+The records are immutable once validated: BUILD (``__setstate__``) on them is refused, and a tensor's
+layout is validated again where it is read. Only the tensors asked for are then read from the file's
+storage records, bounds-checked, and no record is read into more bytes than the file holds for it
+(see :meth:`Checkpoint._entry`). Both of torch's formats are read: the zip archive (``torch.save`` since
+torch 1.6) and the older sequence of pickles (``_use_new_zipfile_serialization=False``); the pre-1.0 tar
+format is refused with a clear error.
 """
 from __future__ import annotations
 
 import io
+import math
+import os
 import pickle
 import zipfile
 from collections import OrderedDict
@@ -35,12 +40,23 @@ from ..errors import WeightsError
 # The legacy (pre-zip) format's first two pickles, as torch.serialization writes them.
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
+# torch does its size / stride / offset arithmetic in int64; a larger Python int makes it raise TypeError
+# or overflow, so every value of a record, and every element or byte count derived from them, stays below.
+INT64_MAX = 2**63 - 1
 
 
+def _refuse_setstate(self: Any, state: Any) -> None:
+    """The ``__setstate__`` of this module's records. Frozen slotted dataclasses get one that sets any
+    field (Python 3.11+), which a pickle's BUILD opcode would call on a record it has just had validated."""
+    raise pickle.UnpicklingError(f"the pickle sets the state of a {type(self).__name__} (BUILD): refused")
+
+
+# Each class assigns __setstate__ itself: dataclass(slots=True) replaces one that is only inherited.
 @dataclass(frozen=True, slots=True)
 class StorageType:
     """What a pickled ``torch.FloatStorage`` (…) global stands for here: only its dtype."""
     dtype: torch.dtype
+    __setstate__ = _refuse_setstate
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +65,7 @@ class StorageRef:
     key: str
     dtype: torch.dtype
     numel: int
+    __setstate__ = _refuse_setstate
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +75,7 @@ class TensorRef:
     offset: int
     size: tuple[int, ...]
     stride: tuple[int, ...]
+    __setstate__ = _refuse_setstate
 
 
 class Opaque:
@@ -87,20 +105,32 @@ class Opaque:
         return f"<opaque {self.global_name}>"
 
 
+def _is_index(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= INT64_MAX
+
+
 def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
-    if not isinstance(value, (tuple, list)) or not all(type(v) is int and v >= 0 for v in value):
+    if not isinstance(value, (tuple, list)) or not all(_is_index(v) for v in value):
         raise pickle.UnpicklingError(f"malformed tensor record: {what} {value!r}")
     return tuple(value)
 
 
 def _tensor_ref(storage: Any, offset: Any, size: Any, stride: Any) -> TensorRef:
-    if not isinstance(storage, StorageRef):
+    """A validated TensorRef. Called while unpickling, and again on each ref :meth:`Checkpoint.tensor` reads."""
+    if not (isinstance(storage, StorageRef) and isinstance(storage.key, str)
+            and isinstance(storage.dtype, torch.dtype) and _is_index(storage.numel)):
         raise pickle.UnpicklingError(f"malformed tensor record: storage {storage!r}")
-    if type(offset) is not int or offset < 0:
+    if not _is_index(offset):
         raise pickle.UnpicklingError(f"malformed tensor record: offset {offset!r}")
     size, stride = _int_tuple(size, "size"), _int_tuple(stride, "stride")
     if len(size) != len(stride):
         raise pickle.UnpicklingError(f"malformed tensor record: size {size} and stride {stride}")
+    # The tensor's byte count, and the byte just past its last element, must fit in int64 too.
+    reach = offset + sum(max(s - 1, 0) * st for s, st in zip(size, stride))  # last element read
+    itemsize = storage.dtype.itemsize
+    if math.prod(size) * itemsize > INT64_MAX or (reach + 1) * itemsize > INT64_MAX:
+        raise pickle.UnpicklingError(f"malformed tensor record: size {size}, stride {stride} at offset "
+                                     f"{offset} overflow int64")
     return TensorRef(storage, offset, size, stride)
 
 
@@ -207,7 +237,7 @@ class RestrictedUnpickler(pickle.Unpickler):
             if len(pid) != 5:
                 raise pickle.UnpicklingError(f"malformed storage record {pid!r}")
             _, storage_type, key, _location, numel = pid
-        if not isinstance(storage_type, StorageType) or type(numel) is not int or numel < 0:
+        if not isinstance(storage_type, StorageType) or not _is_index(numel):
             raise pickle.UnpicklingError(f"malformed storage record {pid!r}")
         key = key.decode("ascii") if isinstance(key, bytes) else str(key)
         ref = StorageRef(key, storage_type.dtype, numel)
@@ -241,12 +271,29 @@ class Checkpoint:
             raise pickle.UnpicklingError("a zip archive without one <name>/data.pkl: not a torch.save file")
         self._prefix = pickles[0][: -len("data.pkl")]
         order = self._prefix + "byteorder"
-        if order in self._zip.namelist() and self._zip.read(order).strip() != b"little":
+        if order in self._zip.namelist() and self._zip.read(self._entry(order)).strip() != b"little":
             raise pickle.UnpicklingError("big-endian checkpoints are not supported")
-        with self._zip.open(pickles[0]) as f:
+        with self._zip.open(self._entry(pickles[0])) as f:
             unpickler = RestrictedUnpickler(f)
             root = unpickler.load()
         return root, unpickler.storages
+
+    def _entry(self, name: str, max_size: int | None = None) -> zipfile.ZipInfo:
+        """The archive's entry ``name``, checked before any of it is read.
+
+        torch's writer stores every record uncompressed (ZIP_STORED, aligned so that ``torch.load(mmap=True)``
+        can map it), so a compressed entry is refused: then no read can expand past the bytes the file
+        itself holds, whatever sizes the archive declares — a DEFLATEd entry can inflate ~1000:1, and
+        zipfile trusts the declared ``file_size``. This bounds data.pkl too, without an arbitrary cap.
+        ``max_size``: a storage entry holds no more bytes than its storage record declares."""
+        assert self._zip is not None
+        info = self._zip.getinfo(name)
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise pickle.UnpicklingError(f"zip entry {name!r} is compressed, as torch.save never writes one")
+        if max_size is not None and info.file_size > max_size:
+            raise pickle.UnpicklingError(f"zip entry {name!r} holds {info.file_size} bytes, its storage record "
+                                         f"declares {max_size}")
+        return info
 
     def _open_legacy(self) -> tuple[Any, dict]:
         f = self._file
@@ -265,20 +312,28 @@ class Checkpoint:
             raise pickle.UnpicklingError("malformed list of storage keys")
         # After the keys come the storages in that order, each an int64 element count then the bytes.
         self._offsets: dict[str, tuple[int, int]] = {}
+        file_size = os.fstat(f.fileno()).st_size
         for key in keys:
             header = f.read(8)
             ref = unpickler.storages.get(key)
             if len(header) != 8 or ref is None:
                 raise pickle.UnpicklingError(f"storage {key!r} is missing or truncated")
-            nbytes = int.from_bytes(header, "little") * ref.dtype.itemsize
+            count = int.from_bytes(header, "little")
+            nbytes = count * ref.dtype.itemsize
+            if count > ref.numel or f.tell() + nbytes > file_size:  # so no read asks for more than is there
+                raise pickle.UnpicklingError(f"storage {key!r} of {count} elements is oversized or truncated")
             self._offsets[key] = (f.tell(), nbytes)
             f.seek(nbytes, io.SEEK_CUR)
         return root, unpickler.storages
 
     def _storage_bytes(self, ref: StorageRef) -> torch.UntypedStorage:
         if ref.key not in self._bytes:
+            record = self._storages.get(ref.key)  # the record as the pickle declared it (untyped for v3)
+            if record is None:
+                raise pickle.UnpicklingError(f"storage {ref.key!r} has no storage record")
             if self._zip is not None:
-                data = self._zip.read(f"{self._prefix}data/{ref.key}")
+                name = f"{self._prefix}data/{ref.key}"
+                data = self._zip.read(self._entry(name, max_size=record.numel * record.dtype.itemsize))
             else:
                 if ref.key not in self._offsets:
                     raise pickle.UnpicklingError(f"storage {ref.key!r} is not in the file")
@@ -293,6 +348,9 @@ class Checkpoint:
 
     def tensor(self, ref: TensorRef) -> torch.Tensor:
         """Read one tensor (CPU); its bytes must lie inside its storage record."""
+        if not isinstance(ref, TensorRef):
+            raise pickle.UnpicklingError(f"not a tensor record: {ref!r}")
+        ref = _tensor_ref(ref.storage, ref.offset, ref.size, ref.stride)  # validated again, where it is used
         dtype = ref.storage.dtype
         if any(s == 0 for s in ref.size):
             return torch.empty(ref.size, dtype=dtype)
@@ -316,6 +374,11 @@ class Checkpoint:
         self.close()
 
 
+# What reading a bad file can raise, anywhere from opening it to building its tensors.
+_READ_ERRORS = (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, TypeError, KeyError,
+                AttributeError, IndexError, OverflowError, MemoryError, RuntimeError, OSError)
+
+
 def _unreadable(path: Path, exc: BaseException) -> WeightsError:
     return WeightsError(f"{path} cannot be read as a PyTorch checkpoint ({type(exc).__name__}: {exc}); "
                         f"is it the right file, complete?")
@@ -328,8 +391,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         raise WeightsError(f"checkpoint not found: {path}")
     try:
         return Checkpoint(path)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, TypeError, KeyError,
-            AttributeError, IndexError, OverflowError, MemoryError, RuntimeError, OSError) as exc:
+    except _READ_ERRORS as exc:
         raise _unreadable(path, exc) from exc
 
 
@@ -355,6 +417,6 @@ def read_state_dict(path: str | Path, keys: Sequence[str] = ("state_dict",)) -> 
                 raise WeightsError(f"{path}: {found}[{name!r}] is {ref!r}, not a plain dense tensor")
             try:
                 state[name] = ckpt.tensor(ref)
-            except (pickle.UnpicklingError, zipfile.BadZipFile, KeyError, ValueError, RuntimeError, OSError) as exc:
+            except _READ_ERRORS as exc:
                 raise _unreadable(path, exc) from exc
         return found, state
