@@ -438,8 +438,12 @@ def test_sampling_defaults_and_fields_added_since_may_differ_on_resume(made, tmp
     run = tmp_path / "prior"
     shutil.copytree(made["prior"], run)
     rc, out, err = run_cli(capsys, prior_argv(made["tokens"], run, 8, "--set", "model.guidance_scale=3.0"))
-    assert rc == 0 and "already trained to step 8" in out, err
+    assert rc == 0 and "already trained to step 8" in out and "exporting the model again" in out, err
     assert json.loads((run / "train_config.json").read_text())["model"]["guidance_scale"] == 3.0
+    assert json.loads((run / "config.json").read_text())["config"]["guidance_scale"] == 3.0  # what sampling reads
+    assert read_checkpoint(run / "checkpoints" / "last.pt")["step"] == 8
+    rc, out, err = run_cli(capsys, prior_argv(made["tokens"], run, 8, "--set", "model.guidance_scale=3.0"))
+    assert rc == 0 and "exporting" not in out and "differs" not in err, err  # nothing left to reconcile
     cfg = apply_overrides(PRIOR_PRESETS["tiny"](), ["loop.max_steps=8"])
     older = to_dict(cfg)
     del older["model"]["guidance_scale"], older["loop"]["seed"]  # fields of a config written before they existed

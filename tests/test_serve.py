@@ -309,6 +309,8 @@ def launched(monkeypatch):
     def fake(demo, handler, host, port):
         seen.update(demo=demo, handler=handler, host=host, port=port)
     monkeypatch.setattr(app, "launch", fake)
+    from PIL import Image
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # serve() lowers it to the upload cap
     import gradio
     monkeypatch.setattr(gradio.Blocks, "block_thread", lambda self: seen.setdefault("blocked", True))
     return seen
@@ -324,6 +326,8 @@ def test_the_command_loads_the_run_once_and_passes_every_option(runs, launched, 
     assert h.limits == ServeLimits(max_candidates=5, max_caption_chars=50, concurrent_jobs=2, queue_size=3)
     assert launched["host"] == "0.0.0.0" and launched["port"] == 8123 and launched["blocked"]
     assert launched["demo"]._queue.max_size == 3
+    from PIL import Image
+    assert Image.MAX_IMAGE_PIXELS == h.limits.max_upload_pixels  # PIL refuses bigger uploads while decoding
     out, err = capsys.readouterr()
     assert f"serving text2img run {runs / 'demo' / 'text2img'} at http://0.0.0.0:8123 (Ctrl-C stops)" in out
     assert err.strip() == ("vqgen: warning: serving on 0.0.0.0, not loopback: anyone who can reach port 8123 can use "

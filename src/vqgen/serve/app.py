@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,11 @@ def serve(run_dir: str | Path, clip: str | Path | None = None, host: str = DEFAU
     pipe = Pipeline.from_pretrained(run_dir, clip=clip, device=device)
     handler = Handler(pipe, limits)
     demo = build_app(handler)
+    # gradio decodes an upload before the handler sees it, so PIL's decompression-bomb check is the one
+    # that acts first: it refuses pictures over our pixel cap (the handler checks again).
+    from PIL import Image
+    Image.MAX_IMAGE_PIXELS = handler.limits.max_upload_pixels
+    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
     launch(demo, handler, host, port)
     if not is_loopback(host):
         print(f"vqgen: warning: serving on {host}, not loopback: anyone who can reach port {port} can use the "

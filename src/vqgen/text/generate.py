@@ -5,16 +5,19 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import ConfigError
 from ..hub import run_tokens_dir
 from ..prior.codec import Codec, TokenizerCodec, load_codec
-from ..rerank.clip import ClipScorer, rerank
 from .bpe import CaptionTokenizer, normalize_caption
 from .dalle import KIND, TextToImage
 from .sampling import sample_tokens
+
+if TYPE_CHECKING:  # the reranker is imported where candidates are ranked
+    from ..rerank.clip import ClipScorer
 
 
 @dataclass
@@ -109,6 +112,7 @@ def best_of(run: TextToImageRun, captions: list[str], n: int, keep: int, scorer:
     out = []
     for caption, cands in zip(captions, candidates):
         if scorer is not None:
+            from ..rerank.clip import rerank
             kept, scores = rerank(cands, caption, scorer, keep)  # (keep,), (n,)
             out.append(Ranked(caption, cands[kept], kept, scores[kept]))
         else:

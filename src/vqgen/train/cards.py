@@ -7,7 +7,8 @@ how to use it and its training config. The command is what the ``vqgen`` CLI rec
 the trainer's call together with the process's own command line. A run found already trained gets a
 card only when it has none (``overwrite=False``), so the card keeps the command that trained it.
 
-Nothing here imports a model or the CLI; the run directory is read from its files.
+Nothing here imports the CLI; the run directory is read from its files (a prior's config class only
+to name its guidance default).
 """
 from __future__ import annotations
 

@@ -191,8 +191,9 @@ def optimizer_step(loss_fn: Callable[..., torch.Tensor], batch: tuple[torch.Tens
 
 LOCK_NAME = ".lock"
 # Keys of a training config that only record sampling defaults (the measured best guidance scale and
-# temperature of a model): they take no part in training, so a run resumes when only they differ and
-# exports its model with the new values.
+# temperature of a model): they take no part in training, so a run resumes when only they differ, and
+# its model is exported with the new values (at the next save, or at once when the run is finished:
+# ``finished_metrics``).
 SAMPLING_DEFAULTS = frozenset({"model.guidance_scale", "model.temperature"})
 
 
@@ -259,6 +260,7 @@ class RunDir:
         self._signals = _StopSignals()
         self._stopping = False
         self._every = self._stop = 0  # set by steps()
+        self.sampling_changed: list[str] = []  # SAMPLING_DEFAULTS keys that differ from the run's (prepare)
 
     # --- before the loop --------------------------------------------------------------------------
 
@@ -329,7 +331,7 @@ class RunDir:
                 raise
             data, problem = None, str(exc)
         else:
-            off = sorted(diff_keys(data, from_ckpt)) if from_ckpt is not None else []
+            off = sorted(set(diff_keys(data, from_ckpt)) - SAMPLING_DEFAULTS) if from_ckpt is not None else []
             problem = f"{self.config_file} differs from the run's checkpoint at {off}" if off not in ([], [
                 "loop.max_steps"]) else None
         if problem and is_main:
@@ -350,7 +352,9 @@ class RunDir:
             saved = to_dict(from_dict(type(self.cfg), saved))
         except (VqgenError, TypeError, ValueError):
             pass  # not a config of this kind: the key-by-key difference below names what differs
-        diff = sorted(set(diff_keys(saved, now)) - SAMPLING_DEFAULTS)
+        changed = set(diff_keys(saved, now))
+        self.sampling_changed = sorted(changed & SAMPLING_DEFAULTS)
+        diff = sorted(changed - SAMPLING_DEFAULTS)
         if not diff:
             return None
         if diff == ["loop.max_steps"]:
@@ -446,10 +450,13 @@ class RunDir:
             for step in range(start, stop):
                 yield step
                 if self._stopping and step + 1 < stop:
-                    name = signal.Signals(self._signals.received).name
+                    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                        dist.barrier()  # rank 0 has saved: no rank exits (and gets the job torn down) before
+                    signum = self._signals.received or signal.SIGTERM  # a rank told by the all-reduce got none
+                    name = signal.Signals(signum).name
                     raise TrainingInterrupted(f"{name} received: stopped after step {step + 1} of {stop} with a "
                                               f"checkpoint in {self.ckpt}; run the same command again to resume",
-                                              self._signals.received)
+                                              signum)
         finally:
             self._signals.restore()
             self.release()
@@ -504,11 +511,18 @@ class RunDir:
             raise CheckpointError(f"{self.metrics_file} does not hold a JSON object; delete it and run again")
         return metrics
 
-    def finished_metrics(self, step: int, announce: bool = True) -> dict:
+    def finished_metrics(self, step: int, announce: bool = True, clock: "Stopwatch | None" = None,
+                         parts: dict[str, Any] | None = None, export: Callable[[Path], Any] | None = None) -> dict:
         """For a run found already trained to ``step``: say so (when ``announce``) and return what it
-        measured (``metrics.json``, not recomputed)."""
+        measured (``metrics.json``, not recomputed). When only its sampling defaults changed (``prepare``)
+        and the loop's ``clock``, ``parts`` and ``export`` are given, the checkpoint and the exported model
+        are written again with the new values."""
         if announce:
             print(f"{self.path} is already trained to step {step}", flush=True)
+        if self.sampling_changed and parts is not None and clock is not None:
+            print(f"{self.path}: new sampling defaults ({', '.join(self.sampling_changed)}); exporting the model "
+                  "again", flush=True)
+            self.save(step, clock, parts, export=export)
         return self.read_metrics()
 
 

@@ -118,10 +118,10 @@ def train_prior(cfg: PriorTrainConfig, out_dir: str | Path, tokens: str | None =
     bar.close()
     if writer is not None:
         writer.close()
-    if start >= loop.max_steps and d.is_main:
-        metrics = run.finished_metrics(start)
+    if start >= loop.max_steps and d.is_main:  # exported again when only the sampling defaults changed
+        metrics = run.finished_metrics(start, clock=clock, parts=parts, export=model.save_pretrained)
     if d.is_main:  # README.md: what the run is, its data, figures and command (kept when found finished)
-        write_model_card(run.path, model, overwrite=start < loop.max_steps)
+        write_model_card(run.path, model, overwrite=start < loop.max_steps or bool(run.sampling_changed))
     return model.cpu().eval(), metrics
 
 

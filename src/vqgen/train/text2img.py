@@ -168,10 +168,11 @@ def train_text2img(cfg: TextToImageTrainConfig, out_dir: str | Path, tokens: str
     bar.close()
     if writer is not None:
         writer.close()
-    if start >= loop.max_steps and d.is_main:
-        metrics = run.finished_metrics(start)
+    if start >= loop.max_steps and d.is_main:  # exported again when only the sampling defaults changed
+        metrics = run.finished_metrics(start, clock=clock, parts=parts,
+                                       export=lambda path: model.save_pretrained(path, tokenizer))
     if d.is_main:  # README.md: what the run is, its data, figures and command (kept when found finished)
-        write_model_card(run.path, model, overwrite=start < loop.max_steps)
+        write_model_card(run.path, model, overwrite=start < loop.max_steps or bool(run.sampling_changed))
     return model.cpu().eval(), tokenizer, metrics
 
 
