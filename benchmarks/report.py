@@ -144,7 +144,8 @@ def text2img_sections(lines: list[str]) -> None:
                          f"{pct(m['rerank8_guided'])} |")
         lines += ["", "Per attribute (no rerank, guided): " + ", ".join(
             f"{k} {pct(v)}" for k, v in r["per_attribute"].items()) + ".", "",
-                  "Sampling sweep (first 200 captions of the test split, one sample each, fully correct):", "",
+                  f"Sampling sweep (first {r.get('sweep_captions', 200)} captions of the test split, one sample each, "
+                  "fully correct):", "",
                   "| scale | temperature | single | two | held out | mean |", "|---|---|---|---|---|---|"]
         for row in r["guidance_sweep"]:
             lines.append(f"| {row['guidance_scale']:g} | {row.get('temperature', 1.0):g} | {pct(row['single'])} | "

@@ -9,7 +9,7 @@ Trains each part with its preset (reusing finished runs under ``--work``), sweep
 scale on the first ``--sweep-captions`` test captions (fully-correct fraction without reranking, the
 number a user sees from one sample) and the sampling temperature, then evaluates all test captions at the
 best pair (every variant at the best temperature): the object
-``vqgen eval text2img`` prints, plus training times, the sweep and the preset's own default scale.
+``vqgen eval text2img`` prints, plus training times, the sweep and the run's own sampling defaults.
 The judge and CLIP are separate networks trained separately, and the judge never sees generated
 images. Writes docs/images/text2img.png (best 4 of 16 by CLIP for a few captions, one held out).
 """
@@ -121,7 +121,8 @@ def main() -> None:
 
     write_result("text2img", {**report, "preset": args.preset, "run_guidance_scale": run.model.config.guidance_scale,
                               "run_temperature": run.model.config.temperature,
-                              "guidance_sweep": sweep, "train_seconds": runs["seconds"],
+                              "guidance_sweep": sweep, "sweep_captions": args.sweep_captions,
+                              "train_seconds": runs["seconds"],
                               "eval_seconds": round(eval_seconds, 1),
                               "params_text2img": run.model.num_params(), "machine": machine(),
                               "note": "shapes:0 test split (procedural; held-out colour-shape pairs never in train)",
