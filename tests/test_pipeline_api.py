@@ -143,6 +143,7 @@ def test_tokenizer_run_reconstructs(runs):
     r = pipe.reconstruct(x)
     assert len(r) == 3 and r.images[0].size == (16, 16)
     assert torch.equal(r.pixels, to_uint8(VQTokenizer.from_pretrained(runs / "tok").reconstruct(x)))
+    assert torch.equal(r.tokens, VQTokenizer.from_pretrained(runs / "tok").encode(x))  # the grids decoded
     assert torch.equal(pipe.reconstruct(x[0]).pixels, r.pixels[:1])
 
 

@@ -239,8 +239,13 @@ def run_tokens_dir(run_dir: str | Path, kind: str) -> str:
 
 
 def read_config(directory: str | Path, kind: str, cls: type) -> Any:
+    return _config_of(directory, check_kind(directory, kind), cls)
+
+
+def _config_of(directory: str | Path, payload: dict, cls: type) -> Any:
+    """``cls`` built from the ``config`` object of ``directory``'s parsed config.json ``payload``."""
     path = Path(directory) / CONFIG_NAME
-    config = check_kind(directory, kind).get("config")
+    config = payload.get("config")
     if not isinstance(config, dict):
         raise ConfigError(f"{path} has no 'config' object; {_REDO}")
     try:
@@ -254,7 +259,8 @@ def load_pretrained(build: Callable[[Any], M], cls: type, directory: str | Path,
     """Build the model from its config and load weights with strict keys; WeightsMismatch when they do
     not fit (keys, shapes, or a config.json that differs from the one the weights were saved with)."""
     directory = Path(directory)
-    config = read_config(directory, kind, cls)
+    payload = check_kind(directory, kind)  # config.json, read once
+    config = _config_of(directory, payload, cls)
     try:
         model = build(config)
     except (ValueError, TypeError, AssertionError, RuntimeError) as exc:
@@ -272,11 +278,10 @@ def load_pretrained(build: Callable[[Any], M], cls: type, directory: str | Path,
         raise WeightsMismatch(f"{weights} does not match {directory / CONFIG_NAME}: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}, shape mismatch {shapes[:5]}")
     if "config" in meta:
-        saved, now = meta["config"], read_payload(directory)
-        if diff_keys(saved, now):  # a key missing from one side and null on the other is no difference
+        differs = sorted(diff_keys(meta["config"], payload))  # a key missing on one side and null on the other: none
+        if differs:
             raise WeightsMismatch(f"{directory / CONFIG_NAME} does not match {weights}: it differs from the config "
-                                  f"the weights were saved with at {sorted(diff_keys(saved, now))} (damaged or "
-                                  f"edited by hand); {_REDO}")
+                                  f"the weights were saved with at {differs} (damaged or edited by hand); {_REDO}")
     check_model_files(directory, meta)
     model.load_state_dict(state, strict=True)
     return model

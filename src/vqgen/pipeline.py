@@ -46,6 +46,7 @@ class Generation:
     guidance: float | None = None      # guidance scale used (None: no sampling, e.g. reconstruction)
     seed: int | None = None
     source: Image.Image | None = None  # completion / reconstruction: the input picture as the codec saw it
+    tokens: torch.Tensor | None = None  # reconstruction: the token grids decoded, int64 (k, h, w)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -134,7 +135,8 @@ class Pipeline:
         if self.kind == "text2img":
             return self.run.model.config.guidance_scale
         if self.kind == "prior":
-            return self.run.prior.config.default_guidance if self.conditioning == "class" else 1.0
+            from .prior.generate import default_guidance
+            return default_guidance(self.run, self.conditioning == "class")
         return None
 
     @property
@@ -234,11 +236,12 @@ class Pipeline:
             x = load_picture(images, self.resolution, self.channels)[None]  # (1, C, H, W)
         try:
             with torch.inference_mode():
-                pixels = to_uint8(self.run.reconstruct(x.to(self.device))).cpu()  # (N, C, H, W)
+                tokens = self.run.encode(x.to(self.device))  # (N, h, w)
+                pixels = to_uint8(self.run.decode(tokens)).cpu()  # (N, C, H, W)
         except ValueError as exc:  # e.g. a size the tokenizer's downsampling does not divide
             raise DataError(str(exc)) from exc
         return Generation(to_pil(pixels), pixels, indices=list(range(len(pixels))), n=len(pixels),
-                          source=to_pil(x[:1].cpu())[0])
+                          source=to_pil(x[:1].cpu())[0], tokens=tokens.cpu())
 
     # ---- internals -----------------------------------------------------------------------------
 

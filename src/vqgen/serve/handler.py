@@ -221,8 +221,7 @@ class Handler:
         from ..images import load_picture
         picture = load_picture(image, self.pipe.resolution, self.pipe.channels)  # uint8 (C, H, W)
         out = self.pipe.reconstruct(picture)
-        with torch.inference_mode():
-            tokens = self.pipe.run.encode(picture[None].to(self.pipe.device))[0].cpu()  # (h, w)
+        tokens = out.tokens[0]  # (h, w): the grid the reconstruction was decoded from
         h, w = tokens.shape
         r = self.pipe.resolution
         status = (f"{h}×{w} tokens of a {self.pipe.run.codebook_size}-entry codebook for a {r}×{r} picture "

@@ -12,7 +12,6 @@ to name its guidance default).
 """
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import sys
@@ -71,9 +70,13 @@ _KINDS: dict[str, tuple[str, str, str]] = {
 
 
 def _read_json(path: Path) -> dict:
+    """A JSON object the card reports from, or {} when the file is missing or damaged (a card is
+    written whatever state the run's side files are in)."""
+    from ..errors import VqgenError
+    from ..hub import read_json
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        data = read_json(path, VqgenError, "")
+    except VqgenError:
         return {}
     return data if isinstance(data, dict) else {}
 
