@@ -189,6 +189,11 @@ def optimizer_step(loss_fn: Callable[..., torch.Tensor], batch: tuple[torch.Tens
     return loss_sum
 
 
+def _multi_rank() -> bool:
+    """Whether this process is one of several ranks of an initialised process group."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 LOCK_NAME = ".lock"
 # Keys of a training config that only record sampling defaults (the measured best guidance scale and
 # temperature of a model): they take no part in training, so a run resumes when only they differ, and
@@ -450,7 +455,7 @@ class RunDir:
             for step in range(start, stop):
                 yield step
                 if self._stopping and step + 1 < stop:
-                    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                    if _multi_rank():
                         dist.barrier()  # rank 0 has saved: no rank exits (and gets the job torn down) before
                     signum = self._signals.received or signal.SIGTERM  # a rank told by the all-reduce got none
                     name = signal.Signals(signum).name
@@ -466,7 +471,7 @@ class RunDir:
         after the last, and after a step during which a stop signal came. Call it on every rank after
         every step: the ranks agree on stopping (a max all-reduce) before any of them saves."""
         stop = self._signals.received is not None
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if _multi_rank():
             flag = torch.tensor([float(stop)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             stop = bool(flag.item())
