@@ -49,7 +49,7 @@ def test_image_dataset_caption_fields_validated():
 
 
 def test_kinds_registered():
-    assert DATASET_KINDS == ("fashion-mnist", "folder", "shapes", "pairs", "manifest")
+    assert DATASET_KINDS == ("fashion-mnist", "folder", "shapes", "pairs", "manifest", "wds")
     with pytest.raises(DataError, match="pairs:"):
         load_images("pairs", progress=False)
     with pytest.raises(DataError, match="manifest:"):

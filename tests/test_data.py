@@ -58,7 +58,7 @@ def test_parse_spec():
     assert parse_spec("fashion-mnist") == ("fashion-mnist", None)
     assert parse_spec("fashion-mnist:/a/b") == ("fashion-mnist", "/a/b")
     assert parse_spec("folder:/x:y") == ("folder", "/x:y")
-    assert DATASET_KINDS == ("fashion-mnist", "folder", "shapes", "pairs", "manifest")
+    assert DATASET_KINDS == ("fashion-mnist", "folder", "shapes", "pairs", "manifest", "wds")
     assert parse_spec("shapes:7") == ("shapes", "7")
 
 

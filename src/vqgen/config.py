@@ -121,8 +121,9 @@ def diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def config_hash(cfg: Any) -> str:
-    """Short stable hash of a config, used to name what a token shard was made with."""
-    blob = json.dumps(to_dict(cfg), sort_keys=True).encode()
+    """Short stable hash of a config (a dataclass, or its dict as saved), used to name what a token
+    shard was made with."""
+    blob = json.dumps(cfg if isinstance(cfg, dict) else to_dict(cfg), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -11,7 +11,7 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> None:
     from ..config import resolve_config
     from ..train.tokenizer import TOKENIZER_PRESETS, TokenizerTrainConfig, train_tokenizer
     cfg = resolve_config(TokenizerTrainConfig, args.config, TOKENIZER_PRESETS, loop_overrides(args))
-    train_tokenizer(cfg, args.out, data=args.data, progress=not args.no_progress)
+    train_tokenizer(cfg, args.out, data=args.data, progress=not args.no_progress, workers=_workers(args.workers))
     print(f"tokenizer saved to {args.out}")
 
 
@@ -47,10 +47,29 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     print(f"wrote {path} (odd rows: originals, even rows: reconstructions)")
 
 
+def _workers(n: int) -> int:
+    if n < 0:
+        raise ConfigError(f"--workers must be 0 (decode in the main process) or more, got {n}")
+    return n
+
+
+def _ranks() -> tuple[int, int]:
+    """(rank, world) under torchrun (RANK / WORLD_SIZE), with a gloo process group for the barriers of
+    several ranks; (0, 1) alone. Gloo on GPUs too: encode only synchronises, it never all-reduces tensors."""
+    import os
+
+    import torch.distributed as dist
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return rank, world
+
+
 def cmd_encode(args: argparse.Namespace) -> None:
     from ..prior.codec import PaletteCodec, TokenizerCodec, encode_dataset
     if (args.tokenizer is None) == (args.pixels is None):
         raise ConfigError("give exactly one of --tokenizer RUN_DIR or --pixels K")
+    workers = _workers(args.workers)
     if args.tokenizer is not None:
         from ..tokenizer.vqgan import VQTokenizer
         codec = TokenizerCodec(VQTokenizer.from_pretrained(args.tokenizer), args.tokenizer)
@@ -59,8 +78,14 @@ def cmd_encode(args: argparse.Namespace) -> None:
         from ..prior.pixels import fit_palette
         train = load_images(args.data, "train", args.resolution, args.channels, progress=not args.no_progress)
         codec = PaletteCodec(fit_palette(train.images, args.pixels, seed=0), args.resolution)
-    counts = encode_dataset(codec, args.data, args.out, batch_size=args.batch_size, progress=not args.no_progress)
-    print(f"encoded {counts} into {args.out}")
+    rank, world = _ranks()
+    counts = encode_dataset(codec, args.data, args.out, batch_size=args.batch_size, progress=not args.no_progress,
+                            workers=workers, rank=rank, world=world)
+    if world > 1:
+        import torch.distributed as dist
+        dist.destroy_process_group()
+    if rank == 0:
+        print(f"encoded {counts} into {args.out}" + (f" ({world} ranks)" if world > 1 else ""))
 
 
 def register(sub, train, evaluate) -> None:
@@ -68,6 +93,8 @@ def register(sub, train, evaluate) -> None:
     p = train.add_parser("tokenizer", help="train a VQ-GAN tokenizer")
     add_train_common(p)
     p.add_argument("--data", help="dataset spec KIND[:PATH] (default: the config's)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="DataLoader processes decoding batches of a dataset read lazily (default 2; 0: in this process)")
     p.set_defaults(func=cmd_train_tokenizer)
 
     p = evaluate.add_parser("tokenizer", help="PSNR / SSIM / codebook usage on a dataset split")
@@ -86,7 +113,7 @@ def register(sub, train, evaluate) -> None:
     p.add_argument("--scale", type=int, default=3, help="enlarge the PNG this many times")
     p.set_defaults(func=cmd_reconstruct)
 
-    p = sub.add_parser("encode", help="encode a dataset once into token shards")
+    p = sub.add_parser("encode", help="encode a dataset once into token shards (under torchrun: across ranks)")
     p.add_argument("--tokenizer", help="tokenizer run directory")
     p.add_argument("--pixels", type=int, metavar="K", help="Image GPT baseline: a K-colour k-means palette instead")
     p.add_argument("--resolution", type=int, default=28, help="image size for --pixels")
@@ -94,5 +121,8 @@ def register(sub, train, evaluate) -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=2,
+                   help="DataLoader processes decoding a lazily read dataset or streaming wds shards (default 2; "
+                        "0: in this process)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_encode)

@@ -2,7 +2,9 @@
 
 ``load_images("fashion-mnist")`` or ``load_images("folder:~/pics", resolution=64, channels=3)`` decode
 everything once into an in-memory ``ImageDataset`` of uint8 (N, C, H, W) images; captioned kinds
-(``shapes``, ``pairs``, ``manifest``) also fill its ``captions``. This package never imports model code.
+(``shapes``, ``pairs``, ``manifest``, ``wds``) also fill its ``captions``. With ``lazy=True`` (or
+``None``: past ``IN_MEMORY_MAX_BYTES`` decoded) the file-backed kinds return a ``LazyImageDataset``
+that decodes batches on demand (``vqgen.data.lazy``). This package never imports model code.
 """
 from __future__ import annotations
 
@@ -13,12 +15,15 @@ from .base import SPLITS, ImageDataset, cache_dir
 from .fashion_mnist import load_fashion_mnist
 from .captioned import load_manifest, load_pairs
 from .folder import load_folder
+from .lazy import IN_MEMORY_MAX_BYTES, LazyImageDataset
 from .shapes import load_shapes
+from .wds import load_wds
 
-DATASET_KINDS = ("fashion-mnist", "folder", "shapes", "pairs", "manifest")
-CAPTIONED_KINDS = ("shapes", "pairs", "manifest")
+DATASET_KINDS = ("fashion-mnist", "folder", "shapes", "pairs", "manifest", "wds")
+CAPTIONED_KINDS = ("shapes", "pairs", "manifest", "wds")
 
-__all__ = ["splits_of", "CAPTIONED_KINDS", "DATASET_KINDS", "SPLITS", "ImageDataset", "cache_dir", "load_images", "parse_spec"]
+__all__ = ["splits_of", "CAPTIONED_KINDS", "DATASET_KINDS", "IN_MEMORY_MAX_BYTES", "SPLITS", "ImageDataset",
+           "LazyImageDataset", "cache_dir", "load_images", "parse_spec"]
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -36,8 +41,8 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 
 
 def splits_of(spec: str) -> list[str]:
-    """The splits a spec's kind has: train and test for fashion-mnist and shapes; folder, pairs and
-    manifest are one whole split called 'train'."""
+    """The splits a spec's kind has: train and test for fashion-mnist and shapes; folder, pairs,
+    manifest and wds are one whole split called 'train'."""
     kind, _ = parse_spec(spec)
     return ["train", "test"] if kind in ("fashion-mnist", "shapes") else ["train"]
 
@@ -58,7 +63,8 @@ def load_images(
     resolution: int = 32,
     channels: int = 1,
     progress: bool = True,
-) -> ImageDataset:
+    lazy: bool | None = False,
+) -> ImageDataset | LazyImageDataset:
     """Decode the images a spec names into memory as uint8 (N, channels, resolution, resolution).
 
     - ``fashion-mnist[:DIR]``: the four IDX ``.gz`` files in DIR (default ``$VQGEN_CACHE/fashion-mnist``,
@@ -70,8 +76,13 @@ def load_images(
       "test"; needs ``channels=3``.
     - ``pairs:DIR`` / ``manifest:FILE``: users' captioned images (``vqgen.data.captioned``); like
       ``folder`` they are one whole split and ``split`` is ignored.
+    - ``wds:PATTERN``: WebDataset tar shards of image + ``.txt`` caption / ``.cls`` label
+      (``vqgen.data.wds``), one whole split.
 
-    ``channels`` is 1 (grey) or 3 (RGB). User-facing problems raise ``DataError``.
+    ``lazy`` (file-backed kinds: folder, pairs, manifest, wds): False decodes everything now; True
+    returns a ``LazyImageDataset`` that decodes each batch when asked; None picks lazy only when the
+    decoded images would exceed ``IN_MEMORY_MAX_BYTES`` (1 GiB). Fashion-MNIST and shapes are always
+    in memory. ``channels`` is 1 (grey) or 3 (RGB). User-facing problems raise ``DataError``.
     """
     kind, path = parse_spec(spec)
     if kind == "fashion-mnist":
@@ -83,10 +94,12 @@ def load_images(
         return load_shapes(seed, split, resolution, progress=progress)
     if path is None:
         example = {"folder": "folder:/data/images", "pairs": "pairs:/data/captioned",
-                   "manifest": "manifest:/data/captions.jsonl"}[kind]
+                   "manifest": "manifest:/data/captions.jsonl", "wds": "wds:/data/train-{000000..000099}.tar"}[kind]
         raise DataError(f"{spec!r}: a {kind} spec needs a path, e.g. {example}")
     if kind == "pairs":
-        return load_pairs(path, resolution, channels, progress, source=spec)
+        return load_pairs(path, resolution, channels, progress, source=spec, lazy=lazy)
     if kind == "manifest":
-        return load_manifest(path, resolution, channels, progress, source=spec)
-    return load_folder(path, resolution, channels, progress, source=spec)
+        return load_manifest(path, resolution, channels, progress, source=spec, lazy=lazy)
+    if kind == "wds":
+        return load_wds(path, resolution, channels, progress, source=spec, lazy=lazy)
+    return load_folder(path, resolution, channels, progress, source=spec, lazy=lazy)

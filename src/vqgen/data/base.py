@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -67,6 +68,20 @@ class ImageDataset:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
+
+    def batch(self, idx: torch.Tensor | Iterable[int]) -> torch.Tensor:
+        """uint8 (b, C, H, W) images of ``idx`` (the same call reads a ``LazyImageDataset``)."""
+        return self.images[torch.as_tensor(idx if isinstance(idx, torch.Tensor) else list(idx), dtype=torch.int64)]
+
+    def step_batches(self, index_of_step: Callable[[int], torch.Tensor], start: int, stop: int,
+                     workers: int = 0) -> Iterator[torch.Tensor]:
+        """The batches of steps ``start`` .. ``stop - 1``: ``batch(index_of_step(s))``. In memory a
+        batch is one gather, so ``workers`` (used by ``LazyImageDataset``) starts no process here."""
+        return (self.batch(index_of_step(s)) for s in range(start, stop))
 
     def __repr__(self) -> str:
         n, c, h, w = self.images.shape

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -24,7 +25,8 @@ import torch
 
 from ..errors import DataError
 from .base import ImageDataset
-from .folder import IMAGE_EXTENSIONS, check_folder, decode_images, find_images, resolve_source
+from .folder import IMAGE_EXTENSIONS, check_folder, decode_images, find_image_names, resolve_source
+from .lazy import FileImages, LazyImageDataset, StringArray, use_lazy
 
 MAX_CAPTION_CHARS = 1000
 # no_caption: image without a .txt   empty: blank caption   undecodable: caption not UTF-8
@@ -58,7 +60,7 @@ class _Collector:
 
     def __init__(self, source: str):
         self.source = source
-        self.paths: list[Path] = []
+        self.paths: list[str] = []
         self.captions: list[str] = []
         self.cut: list[bool] = []
         self.stats = {k: 0 for k in CAPTION_STAT_KEYS}
@@ -70,7 +72,7 @@ class _Collector:
         if self.first is None:
             self.first = f"{what} ({reason.replace('_', ' ')})"
 
-    def add(self, path: Path, raw_caption: str, what: str) -> None:
+    def add(self, path: str, raw_caption: str, what: str) -> None:
         if _has_surrogates(raw_caption):
             self.skip("undecodable", what)
             return
@@ -78,12 +80,16 @@ class _Collector:
         if caption is None:
             self.skip("empty", what)
             return
-        self.paths.append(path)
+        self.paths.append(os.fspath(path))
         self.captions.append(caption)
         self.cut.append(cut)
 
-    def build(self, resolution: int, channels: int, progress: bool, where: str) -> ImageDataset:
-        """Decode the candidates; warn once about everything skipped; DataError when nothing is left."""
+    def build(self, resolution: int, channels: int, progress: bool, where: str,
+              lazy: bool | None = False) -> ImageDataset | LazyImageDataset:
+        """Decode the candidates (or, lazily, name them: ``vqgen.data.lazy``); warn once about everything
+        skipped; DataError when nothing is left."""
+        if use_lazy(lazy, len(self.paths), resolution, channels):
+            return self._lazy(resolution, channels, where)
         arr, ok, first_error = decode_images(self.paths, resolution, channels, progress, desc=f"decoding {where}")
         self.stats["unreadable"] = int(len(self.paths) - ok.sum())
         if first_error is not None and self.first is None:
@@ -106,6 +112,19 @@ class _Collector:
         return ImageDataset(images, None, [], skipped=skipped, source=self.source, captions=captions,
                             caption_stats=dict(self.stats))
 
+    def _lazy(self, resolution: int, channels: int, where: str) -> LazyImageDataset:
+        """The candidates named, not decoded: unreadable images are found (and counted) when read."""
+        self.stats["truncated"] = int(sum(self.cut))
+        skipped = sum(v for k, v in self.stats.items() if k != "truncated")
+        if not self.paths:
+            counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in self.stats.items() if v)
+            raise DataError(f"{self.source}: no usable captioned images in {where} ({counts or 'nothing found'})")
+        if skipped:
+            warnings.warn(f"{self.source}: skipped {skipped} of {self.total} item(s) while listing; first: {self.first}",
+                          stacklevel=4)
+        return LazyImageDataset(FileImages("", StringArray(self.paths)), resolution, channels, None, source=self.source,
+                                captions=StringArray(self.captions), skipped=skipped, caption_stats=dict(self.stats))
+
 
 def load_pairs(
     root: str | Path,
@@ -113,28 +132,32 @@ def load_pairs(
     channels: int = 3,
     progress: bool = True,
     source: str = "",
-) -> ImageDataset:
-    """Every image under ``root`` with a same-named UTF-8 ``.txt`` caption beside it (one whole split)."""
+    lazy: bool | None = False,
+) -> ImageDataset | LazyImageDataset:
+    """Every image under ``root`` with a same-named UTF-8 ``.txt`` caption beside it (one whole split).
+    ``lazy`` as for ``load_folder``."""
     root, source = resolve_source(root, resolution, channels, "pairs", source)
     check_folder(root, source)
-    paths = find_images(root)
-    if not paths:
+    names = find_image_names(root)
+    if not names:
         raise DataError(f"{source}: no images in {root} (no files with extension {', '.join(IMAGE_EXTENSIONS)}); "
                         "pairs:DIR expects img.png next to img.txt")
     col = _Collector(source)
-    col.total = len(paths)
-    for path in paths:
-        txt = path.with_suffix(".txt")
-        if not txt.is_file():
-            col.skip("no_caption", str(path))
+    col.total = len(names)
+    for name in names:
+        path = os.path.join(root, name)
+        txt = os.path.splitext(path)[0] + ".txt"
+        if not os.path.isfile(txt):
+            col.skip("no_caption", path)
             continue
         try:
-            raw = txt.read_bytes().decode("utf-8-sig")
+            with open(txt, "rb") as f:
+                raw = f.read().decode("utf-8-sig")
         except (OSError, UnicodeDecodeError):
-            col.skip("undecodable", str(txt))
+            col.skip("undecodable", txt)
             continue
-        col.add(path, raw, str(txt))
-    return col.build(resolution, channels, progress, str(root))
+        col.add(path, raw, txt)
+    return col.build(resolution, channels, progress, str(root), lazy)
 
 
 def _manifest_rows(path: Path, text: str, col: _Collector) -> list[tuple[int, object, object]]:
@@ -172,8 +195,10 @@ def load_manifest(
     channels: int = 3,
     progress: bool = True,
     source: str = "",
-) -> ImageDataset:
-    """The (image, caption) rows of a ``.jsonl`` or ``.csv`` manifest (one whole split)."""
+    lazy: bool | None = False,
+) -> ImageDataset | LazyImageDataset:
+    """The (image, caption) rows of a ``.jsonl`` or ``.csv`` manifest (one whole split). ``lazy`` as for
+    ``load_folder``."""
     path, source = resolve_source(manifest, resolution, channels, "manifest", source)
     if not path.is_file():
         raise DataError(f"{source}: manifest file {path} does not exist")
@@ -196,7 +221,7 @@ def load_manifest(
             col.skip("missing_image", f"{where}: {img}")
             continue
         col.add(img, caption, where)
-    return col.build(resolution, channels, progress, str(path))
+    return col.build(resolution, channels, progress, str(path), lazy)
 
 
 __all__ = ["CAPTION_STAT_KEYS", "MAX_CAPTION_CHARS", "clean_caption", "load_manifest", "load_pairs"]

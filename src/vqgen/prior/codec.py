@@ -8,9 +8,10 @@ from pathlib import Path
 import torch
 
 from ..config import config_hash
-from ..data import load_images, splits_of
-from ..data.tokens import TokenWriter, read_meta
+from ..data.encode import encode_dataset as encode_data
+from ..data.tokens import read_meta
 from ..errors import DataError
+from ..hub import read_payload
 from ..images import to_uint8
 from ..tokenizer.vqgan import VQTokenizer
 from . import pixels
@@ -42,7 +43,14 @@ class TokenizerCodec:
         return to_uint8(self.model.decode(tokens))
 
     def meta(self) -> dict:
-        return {"kind": "tokenizer", "path": str(Path(self.path).resolve()), "config_hash": config_hash(self.model.cfg)}
+        return {"kind": "tokenizer", "path": str(Path(self.path).resolve()), "config_hash": saved_config_hash(self.path)}
+
+
+def saved_config_hash(tokenizer_dir: str | Path) -> str:
+    """The hash of a tokenizer's config as its config.json holds it. Not of the config rebuilt from it:
+    a key added to the dataclass since (with a default that keeps the old behaviour) must not make
+    the tokens encoded before look as if another tokenizer had made them."""
+    return config_hash(read_payload(tokenizer_dir)["config"])
 
 
 @dataclass
@@ -81,40 +89,18 @@ def load_codec(tokens_dir: str | Path) -> Codec:
         raise DataError(f"{Path(tokens_dir) / 'meta.json'} names no codec (a tokenizer run or a palette) that its "
                         "tokens were made with; encode again into a new --out")
     model = VQTokenizer.from_pretrained(c["path"])
-    if config_hash(model.cfg) != c.get("config_hash"):
+    if saved_config_hash(c["path"]) != c.get("config_hash"):
         raise DataError(f"the tokenizer at {c['path']} is not the one {tokens_dir} was encoded with; put that "
                         "tokenizer back, or encode again with this one into a new --out")
     return TokenizerCodec(model, c["path"])
 
 
 def encode_dataset(codec: Codec, spec: str, out: str | Path, splits: list[str] | None = None,
-                   batch_size: int = 256, shard_size: int = 10_000, progress: bool = True) -> dict:
-    """Encode every split of ``spec`` into token shards under ``out``; finished shards are skipped."""
-    from tqdm.auto import tqdm
-    out = Path(out)
-    splits = splits or splits_of(spec)
-    counts = {}
-    for split in splits:
-        data = load_images(spec, split, codec.resolution, codec.channels, progress=progress)
-        meta = {"codec": codec.meta(), "vocab_size": codec.vocab_size, "source": spec,
-                "class_names": data.class_names, "resolution": codec.resolution, "channels": codec.channels,
-                "captioned": data.captions is not None}
-        if isinstance(codec, PaletteCodec) and not (out / PALETTE_FILE).exists():
-            out.mkdir(parents=True, exist_ok=True)
-            pixels.save_palette(codec.palette, out / PALETTE_FILE)
-        writer = TokenWriter(out, split, meta)
-        n_shards = (len(data) + shard_size - 1) // shard_size
-        bar = tqdm(total=len(data), disable=not progress, desc=f"encode {split}")
-        for s in range(n_shards):
-            lo, hi = s * shard_size, min(len(data), (s + 1) * shard_size)
-            if not writer.has(s):
-                with torch.inference_mode():
-                    tokens = torch.cat([codec.encode(data.images[i:min(hi, i + batch_size)])
-                                        for i in range(lo, hi, batch_size)])  # (n, h, w)
-                writer.write(s, tokens, data.labels[lo:hi] if data.labels is not None else None,
-                             data.captions[lo:hi] if data.captions is not None else None)
-            bar.update(hi - lo)
-        bar.close()
-        writer.finish(len(data))
-        counts[split] = len(data)
-    return counts
+                   batch_size: int = 256, shard_size: int = 10_000, progress: bool = True, workers: int = 0,
+                   rank: int = 0, world: int = 1) -> dict:
+    """Encode every split of ``spec`` into token shards under ``out``; finished shards are skipped.
+    Across ranks and DataLoader workers: ``vqgen.data.encode``."""
+    if isinstance(codec, PaletteCodec) and rank == 0 and not (Path(out) / PALETTE_FILE).exists():
+        Path(out).mkdir(parents=True, exist_ok=True)
+        pixels.save_palette(codec.palette, Path(out) / PALETTE_FILE)
+    return encode_data(codec, spec, out, splits, batch_size, shard_size, progress, workers, rank, world)
