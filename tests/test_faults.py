@@ -478,8 +478,8 @@ def test_written_files_follow_the_umask(tmp_path, umask):
 
 def test_an_interrupted_classifier_run_resumes_exactly(tmp_path, monkeypatch):
     from test_judge import synthetic_dataset, tiny_config
-    train, test = synthetic_dataset(20, seed=0), synthetic_dataset(10, seed=1)  # 60 images: 2 steps an epoch
-    cfg = tiny_config()
+    train, test = synthetic_dataset(20, seed=0), synthetic_dataset(10, seed=1)
+    cfg = tiny_config(batch_size=24)  # 60 images: 2 steps an epoch (each epoch drops 12)
     whole = classifier_train.train_classifier(cfg, None, tmp_path / "whole", progress=False, train_data=train,
                                               test_data=test)
     real, calls = classifier_train.to_model_range, {"n": 0}

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .errors import ConfigError
 
@@ -210,6 +211,17 @@ class TransformerBlock(nn.Module):
                 key_mask: torch.Tensor | None = None) -> torch.Tensor:  # x: (B, T, C)
         x = x + self.attn(self.ln1(x), cache, key_mask)  # (B, T, C)
         return x + self.mlp(self.ln2(x))  # (B, T, C)
+
+
+def run_block(block: nn.Module, recompute: bool, *args) -> torch.Tensor:
+    """``block(*args)``; with ``recompute``, while training with gradients, the block keeps none of its
+    activations and recomputes them in backward (activation checkpointing, Chen et al. 2016,
+    https://arxiv.org/abs/1604.06174): a deep stack keeps one tensor per block instead of every
+    intermediate, for about one more forward of compute. Non-reentrant ``torch.utils.checkpoint``
+    restores the RNG, so dropout draws the same masks and loss and gradients are those without it."""
+    if recompute and block.training and torch.is_grad_enabled():
+        return checkpoint(block, *args, use_reentrant=False)
+    return block(*args)
 
 
 def additive_mask(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

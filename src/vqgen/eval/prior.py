@@ -23,7 +23,7 @@ import torch
 from ..data import load_images
 from ..data.tokens import load_tokens
 from ..prior.generate import PriorRun, default_guidance, generate
-from ..train.prior import bits_per_token
+from ..prior.likelihood import bits_per_token
 from .classifier import judge_predictions
 from .fd import frechet_distance
 from .inception import InceptionFeatures, inception_fid
@@ -59,7 +59,8 @@ def evaluate_prior(run: PriorRun, judge: JudgeClassifier, n_per_class: int = 100
     recon = torch.cat([codec.decode(codec.encode(codec_test.images[i:i + 500]))
                        for i in range(0, min(n_reference, len(codec_test)), 500)])
     _, recon_feats = judge_predictions(judge, _to_judge(recon, judge))
-    out = {"test_bits_per_token": bits_per_token(prior, bits_data), "n_test_grids": len(bits_data), "fd": frechet_distance(feats, ref_feats),
+    bits = bits_per_token(prior, bits_data.tokens, bits_data.labels, device=next(prior.parameters()).device)
+    out = {"test_bits_per_token": bits, "n_test_grids": len(bits_data), "fd": frechet_distance(feats, ref_feats),
            "fd_reconstructions": frechet_distance(recon_feats, ref_feats), "samples_per_s": n / seconds,
            "n_samples": n, "guidance_scale": guidance_scale, "fd_note": "judge-classifier FD, not Inception FID"}
     if inception is not None:

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..hub import first_line, load_pretrained, save_pretrained
-from ..layers import DecoderBlock, KVCache, TransformerBlock, check_token_ids, init_gpt_weights
+from ..layers import DecoderBlock, KVCache, TransformerBlock, check_token_ids, init_gpt_weights, run_block
 from .bpe import TOKENIZER_FILE, CaptionTokenizer
 
 KIND = "text2img"
@@ -54,6 +54,7 @@ class TextToImageConfig:
     eos_id: int = 2
     hf_text_encoder: dict[str, Any] | None = None  # a transformers config dict: its encoder replaces ours
     freeze_text_encoder: bool = False  # with hf_text_encoder: train only the decoder and projection
+    activation_checkpointing: bool = False  # recompute block activations in backward (layers.run_block)
 
     def __post_init__(self) -> None:
         self.grid = tuple(self.grid)
@@ -81,6 +82,14 @@ class TextToImageConfig:
         return self.grid[0] * self.grid[1]
 
 
+def dalle_mini_config() -> TextToImageConfig:
+    """DALL·E mini's size (Dayma et al. 2021; a BART-large layout, ~0.4 B parameters): 12 encoder and 12
+    decoder layers, 1024 wide, 16 heads, captions of up to 64 BPE ids from a 50 264-entry vocabulary,
+    16×16 tokens of a 16 384-code f16 tokenizer (``imagenet-f16-16384``). Parameter count: docs/gpu.md."""
+    return TextToImageConfig(vocab_size=16384, grid=(16, 16), text_vocab_size=50264, max_text_len=64, n_embd=1024,
+                             n_head=16, n_enc_layer=12, n_dec_layer=12, dropout=0.0, caption_drop_prob=0.1)
+
+
 class CaptionEncoder(nn.Module):
     """Bidirectional pre-LN transformer over caption ids (B, L) → states (B, L, C)."""
 
@@ -93,11 +102,12 @@ class CaptionEncoder(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(c, config.n_head, config.dropout, causal=False)
                                     for _ in range(config.n_enc_layer))
         self.ln_f = nn.LayerNorm(c)
+        self.recompute = config.activation_checkpointing
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # ids, mask: (B, L)
         x = self.drop(self.tok_emb(ids) + self.pos_emb.weight[: ids.shape[1]])  # (B, L, C)
         for block in self.blocks:
-            x = block(x, key_mask=mask)  # (B, L, C)
+            x = run_block(block, self.recompute, x, None, mask)  # (B, L, C)
         return self.ln_f(x)  # (B, L, C)
 
 
@@ -224,7 +234,8 @@ class TextToImage(nn.Module):
             where = positions[start:start + t]  # (T, C)
         x = self.drop(self.tok_emb(inputs) + where)  # (B, T, C)
         for i, block in enumerate(self.blocks):
-            x = block(x, memories[i], mask, None if caches is None else caches[i])  # (B, T, C)
+            x = run_block(block, self.config.activation_checkpointing, x, memories[i], mask,
+                          None if caches is None else caches[i])  # (B, T, C)
         if last_only:
             x = x[:, -1:]  # (B, 1, C)
         return self.head(self.ln_f(x))  # (B, T', V)

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..data import ImageDataset, load_images, splits_of
 from ..errors import ConfigError, DataError
@@ -24,8 +23,8 @@ from ..images import to_model_range
 from ..rerank.clip import ClipConfig, ClipModel, check_tokenizer, contrastive_loss
 from ..text.bpe import TOKENIZER_FILE, CaptionTokenizer
 from .cards import write_model_card
-from .common import (LoopConfig, OptimConfig, RunDir, batch_indices, check_finite, make_optimizer, optimizer_step,
-                     progress_bar, setup_distributed, summary_writer)
+from .common import (LoopConfig, OptimConfig, RunDir, batch_indices, check_finite, distribute, make_optimizer,
+                     optimizer_step, progress_bar, setup_distributed, summary_writer)
 
 
 @dataclass
@@ -134,7 +133,7 @@ def train_clip(cfg: ClipTrainConfig, out_dir: str | Path, data: str | None = Non
     parts = {"model": model, "optimizer": opt, "scheduler": sched}
     start, clock = run.restore(ckpt, parts, announce=d.is_main)
     # DDP all-reduces gradients of what runs through its forward(); negatives are this rank's slice.
-    loss_fn = DDP(_Loss(model)) if d.world > 1 else _Loss(model)
+    loss_fn = distribute(_Loss(model), d, loop.compile)
 
     def evaluate() -> dict:
         if test_ids is None:

@@ -10,15 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..data.tokens import TokenDataset, load_tokens
 from ..errors import ConfigError
 from ..prior.gpt import GPTPrior, PriorConfig
+from ..prior.likelihood import bits_per_token
 from ..prior.presets import PRESETS as MODEL_PRESETS
 from .cards import write_model_card
-from .common import (LoopConfig, OptimConfig, RunDir, batch_indices, check_finite, make_optimizer, optimizer_step,
-                     progress_bar, setup_distributed, summary_writer)
+from .common import (LoopConfig, OptimConfig, RunDir, batch_indices, check_finite, distribute, make_optimizer,
+                     optimizer_step, progress_bar, setup_distributed, summary_writer)
 
 
 @dataclass
@@ -28,21 +28,6 @@ class PriorTrainConfig:
     loop: LoopConfig = field(default_factory=LoopConfig)
     eval_every: int = 0            # test bits/token every N steps (0 = only at the end)
     tokens: str = ""               # token directory; --tokens overrides
-
-
-@torch.inference_mode()
-def bits_per_token(model: GPTPrior, data: TokenDataset, batch_size: int = 256, device: str | torch.device = "cpu") -> float:
-    """Mean test NLL in bits per image token (the condition is given; no dropout)."""
-    was = model.training
-    model.eval()
-    total, n = 0.0, 0
-    for i in range(0, len(data), batch_size):
-        toks = data.tokens[i:i + batch_size].flatten(1).to(device)  # (b, HW)
-        cond = data.labels[i:i + batch_size].to(device) if (data.labels is not None and model.config.num_classes) else None
-        total += float(model.loss(toks, cond)) * toks.shape[0]
-        n += toks.shape[0]
-    model.train(was)
-    return total / n / math.log(2)
 
 
 def _check_match(cfg: PriorConfig, data: TokenDataset) -> None:
@@ -80,11 +65,11 @@ def train_prior(cfg: PriorTrainConfig, out_dir: str | Path, tokens: str | None =
     start, clock = run.restore(ckpt, parts, announce=d.is_main)
     # DDP all-reduces gradients of what runs through its forward(): run the loss (with condition
     # dropout) inside it.
-    loss_fn = DDP(_Loss(model)) if d.world > 1 else _Loss(model)
+    loss_fn = distribute(_Loss(model), d, loop.compile)
     conditional = cfg.model.num_classes > 0
 
     def evaluate() -> dict:
-        return {"test_bits_per_token": bits_per_token(model, test_data, device=d.device)} if test_data is not None else {}
+        return {"test_bits_per_token": bits_per_token(model, test_data.tokens, test_data.labels, device=d.device)} if test_data is not None else {}
 
     writer = summary_writer(run.path, start if ckpt is not None else None, d.is_main)
     bar = progress_bar(loop.max_steps, start, progress and d.is_main, "prior")
@@ -157,8 +142,19 @@ def _fashion_mnist_pixels() -> PriorTrainConfig:
     return cfg
 
 
+def _imagenet_cin_300m() -> PriorTrainConfig:
+    """The ~0.3 B class-conditional ImageNet prior (``prior.presets.imagenet_cin_300m``) on GPUs: global
+    batch 256 sequences of 256 tokens, AdamW lr 3e-4 (GPT-3 medium's, Brown et al. 2020), 5000 warm-up
+    steps, bf16 autocast. Not trained here: docs/gpu.md has its size, memory and measured speed."""
+    return PriorTrainConfig(model=MODEL_PRESETS["imagenet-cin-300m"](),
+                            optim=OptimConfig(lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, warmup_steps=5000,
+                                              min_lr_ratio=0.1),
+                            loop=LoopConfig(batch_size=256, max_steps=300_000, save_every=5000, log_every=50))
+
+
 PRIOR_PRESETS = {
     "tiny": _tiny,
     "fashion-mnist-class": _fashion_mnist_class,
     "fashion-mnist-pixels": _fashion_mnist_pixels,
+    "imagenet-cin-300m": _imagenet_cin_300m,
 }

@@ -5,7 +5,9 @@ The judge never sees a dataset file or a generated image: every batch is a fresh
 the judge must grade them) and rendered with random jitter. Batch ``s`` is a pure function of
 (seed, s), so the data position is the step itself and a resumed run (``RunDir`` checkpoint: model,
 optimiser, schedule, RNG) continues bit for bit. The loss is the sum of the per-cell cross-entropies of
-the shape, colour and size heads, colour and size ignored (``-100``) in empty cells.
+the shape, colour and size heads, colour and size ignored (``-100``) in empty cells. Under ``torchrun``
+each rank renders the global batch (milliseconds) and trains on its slice; DDP averages the gradients,
+so any number of ranks follows the single-process run.
 
 At the end the judge is scored on renders drawn from a separate random stream (fully-correct
 accuracy, ``accuracy_on_renders``), on the held-out colour–shape pairs alone, and on the ``shapes``
@@ -28,8 +30,8 @@ from ..errors import ConfigError
 from ..eval.shapes_judge import IGNORE, ShapesJudge, ShapesJudgeConfig, render_accuracy
 from ..images import to_model_range
 from .cards import write_model_card
-from .common import (LoopConfig, OptimConfig, RunDir, check_finite, make_optimizer, progress_bar, resolve_device,
-                     summary_writer)
+from .common import (LoopConfig, OptimConfig, RunDir, check_finite, distribute, make_optimizer, optimizer_step,
+                     progress_bar, setup_distributed, summary_writer)
 
 TRAIN_STREAM, EVAL_STREAM, HELD_OUT_STREAM = 0, 1, 2  # independent random streams per seed
 
@@ -69,10 +71,13 @@ def render_scenes(rng: np.random.Generator, n: int, resolution: int,
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(targets)
 
 
-def training_batch(cfg: ShapesJudgeTrainConfig, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batch of step ``step``: a pure function of (seed, step). uint8 (B, 3, R, R), int64 (B, 9, 3)."""
+def training_batch(cfg: ShapesJudgeTrainConfig, step: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor,
+                                                                                                    torch.Tensor]:
+    """This rank's share of the batch of step ``step``, a pure function of (seed, step): uint8
+    (b, 3, R, R) images, int64 (b, 9, 3) targets; b = B / world."""
     rng = np.random.default_rng([cfg.loop.seed, TRAIN_STREAM, step])
-    return render_scenes(rng, cfg.loop.batch_size, cfg.model.resolution)
+    images, targets = render_scenes(rng, cfg.loop.batch_size, cfg.model.resolution)  # the global batch
+    return images[rank::world], targets[rank::world]
 
 
 def judge_loss(logits: tuple[torch.Tensor, torch.Tensor, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
@@ -103,39 +108,44 @@ def evaluate_shapes_judge(judge: ShapesJudge, cfg: ShapesJudgeTrainConfig, progr
 def train_shapes_judge(cfg: ShapesJudgeTrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
     """Train (or resume) a shapes judge into ``out_dir``; returns the metrics written to ``metrics.json``."""
     run = RunDir(out_dir, cfg, kind="shapes-judge")
-    ckpt = run.prepare()
-    device = resolve_device(cfg.loop.device)
-    torch.manual_seed(cfg.loop.seed)
-    model = ShapesJudge(cfg.model).to(device)
-    opt, sched = make_optimizer(model.parameters(), cfg.optim, cfg.loop.max_steps)
+    d = setup_distributed(cfg.loop.device)
+    loop = cfg.loop
+    if loop.batch_size % (d.world * loop.grad_accum):
+        raise ConfigError(f"batch_size {loop.batch_size} must split over {d.world} ranks × {loop.grad_accum} "
+                          "micro-batches")
+    ckpt = run.prepare(d.is_main)
+    torch.manual_seed(loop.seed)
+    model = ShapesJudge(cfg.model).to(d.device)
+    opt, sched = make_optimizer(model.parameters(), cfg.optim, loop.max_steps)
     parts = {"model": model, "optimizer": opt, "scheduler": sched}
-    start, clock = run.restore(ckpt, parts, announce=progress)
-    if start >= cfg.loop.max_steps and run.metrics_file.exists():
-        write_model_card(run.path, model, overwrite=False)  # README.md, when the run has none yet
-        return run.finished_metrics(start, announce=progress)
+    start, clock = run.restore(ckpt, parts, announce=progress and d.is_main)
+    if start >= loop.max_steps and run.metrics_file.exists():
+        run.release()
+        if d.is_main:
+            write_model_card(run.path, model, overwrite=False)  # README.md, when the run has none yet
+        return run.finished_metrics(start, announce=progress and d.is_main)
+    net = distribute(model, d, loop.compile)
 
-    writer = summary_writer(run.path, start if ckpt is not None else None, progress)
-    bar = progress_bar(cfg.loop.max_steps, start, progress, "shapes judge")
+    def loss_fn(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return judge_loss(net(to_model_range(images)), targets)
+
+    writer = summary_writer(run.path, start if ckpt is not None else None, progress and d.is_main)
+    bar = progress_bar(loop.max_steps, start, progress and d.is_main, "shapes judge")
     loss_value = float("nan")
     model.train()
-    for step in run.steps(start, cfg.loop.max_steps):  # ends after the step on SIGTERM / SIGINT
-        images, targets = training_batch(cfg, step)  # uint8 (B, 3, R, R), int64 (B, 9, 3)
-        loss = judge_loss(model(to_model_range(images.to(device))), targets.to(device))
-        check_finite(loss.detach(), step, run.path)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        opt.step()
-        sched.step()
+    for step in run.steps(start, loop.max_steps):  # ends after the step on SIGTERM / SIGINT
+        images, targets = training_batch(cfg, step, d.rank, d.world)  # uint8 (b, 3, R, R), int64 (b, 9, 3)
+        # zero_grad; per micro-batch autocast loss, finite check, backward; clip; optimiser and schedule step
+        loss_value = optimizer_step(loss_fn, (images.to(d.device), targets.to(d.device)), loop.grad_accum, model, opt,
+                                    sched, cfg.optim.grad_clip, d.device,
+                                    check=lambda loss: check_finite(loss, step, run.path))
         done = step + 1
-        loss_value = float(loss.detach())
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4f}")
-        if writer is not None and (done % cfg.loop.log_every == 0 or done == cfg.loop.max_steps):
+        if writer is not None and (done % loop.log_every == 0 or done == loop.max_steps):
             writer.add_scalar("train/loss", loss_value, done)
             writer.add_scalar("train/lr", sched.get_last_lr()[0], done)
-        if run.checkpoint_due(done):  # every save_every steps, after the last, or on a stop signal
+        if run.checkpoint_due(done) and d.is_main:  # every save_every steps, after the last, or on a stop signal
             run.save(done, clock, parts)
     bar.close()
     if writer is not None:
@@ -143,8 +153,10 @@ def train_shapes_judge(cfg: ShapesJudgeTrainConfig, out_dir: str | Path, progres
 
     model.eval()
     train_seconds = clock.elapsed()
-    metrics = {**evaluate_shapes_judge(model, cfg, progress), "steps": cfg.loop.max_steps,
+    metrics = {**evaluate_shapes_judge(model, cfg, progress and d.is_main), "steps": loop.max_steps,
                "final_train_loss": loss_value, "train_seconds": round(train_seconds, 2)}
+    if not d.is_main:
+        return metrics
     model.cpu().save_pretrained(run.path)
     run.write_metrics(metrics)
     write_model_card(run.path, model)  # README.md: what the run is, its figures and the command that made it

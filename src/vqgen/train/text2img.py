@@ -15,16 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..data.tokens import TokenDataset, load_tokens
 from ..errors import ConfigError, DataError
 from ..hub import check_model_files
 from ..text.bpe import TOKENIZER_FILE, CaptionTokenizer
-from ..text.dalle import TextToImage, TextToImageConfig, hf_text_encoder_config, load_hf_text_encoder
+from ..text.dalle import (TextToImage, TextToImageConfig, dalle_mini_config, hf_text_encoder_config,
+                          load_hf_text_encoder)
 from .cards import write_model_card
-from .common import (LoopConfig, OptimConfig, RunDir, batch_indices, check_finite, make_optimizer, optimizer_step,
-                     progress_bar, setup_distributed, summary_writer)
+from .common import (LoopConfig, OptimConfig, RunDir, batch_indices, check_finite, distribute, make_optimizer,
+                     optimizer_step, progress_bar, setup_distributed, summary_writer)
 
 
 @dataclass
@@ -134,7 +134,7 @@ def train_text2img(cfg: TextToImageTrainConfig, out_dir: str | Path, tokens: str
     opt, sched = make_optimizer(model.parameters(), cfg.optim, loop.max_steps)
     parts = {"model": model, "optimizer": opt, "scheduler": sched}
     start, clock = run.restore(ckpt, parts, announce=d.is_main)
-    loss_fn = DDP(_Loss(model)) if d.world > 1 else _Loss(model)
+    loss_fn = distribute(_Loss(model), d, loop.compile)
 
     def evaluate() -> dict:
         if test_data is None:
@@ -233,8 +233,20 @@ def _shapes_long() -> TextToImageTrainConfig:
     return cfg
 
 
+def _dalle_mini() -> TextToImageTrainConfig:
+    """DALL·E mini's size (``text.dalle.dalle_mini_config``, ~0.4 B parameters) on GPUs: global batch 256,
+    AdamW lr 1e-4, 5000 warm-up steps, bf16 autocast, a 50 264-entry caption BPE fitted on the training
+    captions. Not trained here: docs/gpu.md has its size, memory and measured speed."""
+    return TextToImageTrainConfig(
+        model=dalle_mini_config(),
+        optim=OptimConfig(lr=1e-4, betas=(0.9, 0.95), weight_decay=0.01, warmup_steps=5000, min_lr_ratio=0.1),
+        loop=LoopConfig(batch_size=256, max_steps=300_000, save_every=5000, log_every=50),
+        bpe_vocab_size=50264)
+
+
 TEXT2IMG_PRESETS = {
     "tiny": _tiny,
     "shapes": _shapes,
     "shapes-long": _shapes_long,
+    "dalle-mini": _dalle_mini,
 }

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..data import ImageDataset, load_images
 from ..errors import ConfigError
@@ -21,8 +20,8 @@ from ..tokenizer.discriminator import PatchDiscriminator
 from ..tokenizer.losses import adaptive_weight, generator_adv_loss, hinge_d_loss, reconstruction_loss
 from ..tokenizer.vqgan import TokenizerConfig, VQTokenizer
 from .cards import write_model_card
-from .common import (LoopConfig, OptimConfig, RunDir, autocast, batch_indices, check_finite, make_optimizer,
-                     progress_bar, setup_distributed, summary_writer)
+from .common import (LoopConfig, OptimConfig, RunDir, autocast, batch_indices, check_finite, distribute,
+                     make_optimizer, progress_bar, setup_distributed, summary_writer)
 
 
 @dataclass
@@ -64,16 +63,18 @@ def _psnr(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def train_tokenizer(cfg: TokenizerTrainConfig, out_dir: str | Path, data: str | None = None,
-                    train_data: ImageDataset | None = None, progress: bool = True) -> VQTokenizer:
-    """Train (or resume) a tokenizer into ``out_dir``; returns the trained model (unwrapped, on CPU)."""
+                    train_data: ImageDataset | None = None, progress: bool = True, workers: int = 0) -> VQTokenizer:
+    """Train (or resume) a tokenizer into ``out_dir``; returns the trained model (unwrapped, on CPU).
+    ``workers``: DataLoader processes decoding batches of a lazily read dataset (``vqgen.data.lazy``)."""
     run = RunDir(out_dir, cfg, kind="tokenizer")
     d = setup_distributed(cfg.loop.device)
     ckpt = run.prepare(d.is_main)
     ae = cfg.model.autoencoder
     if train_data is None:
-        train_data = load_images(data or cfg.data, "train", ae.resolution, ae.in_channels, progress=progress and d.is_main)
-    if tuple(train_data.images.shape[1:]) != (ae.in_channels, ae.resolution, ae.resolution):
-        raise ConfigError(f"data images {tuple(train_data.images.shape[1:])} do not match the model "
+        train_data = load_images(data or cfg.data, "train", ae.resolution, ae.in_channels, progress=progress and d.is_main,
+                                 lazy=None)
+    if tuple(train_data.image_shape) != (ae.in_channels, ae.resolution, ae.resolution):
+        raise ConfigError(f"data images {tuple(train_data.image_shape)} do not match the model "
                           f"({ae.in_channels}, {ae.resolution}, {ae.resolution})")
     loop = cfg.loop
     if loop.batch_size % (d.world * loop.grad_accum):
@@ -97,17 +98,19 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out_dir: str | Path, data: str | 
     if disc is not None:
         parts.update(disc=disc, disc_optimizer=d_opt, disc_scheduler=d_sched)
     start, clock = run.restore(ckpt, parts, announce=d.is_main)
-    ddp_model = DDP(model) if d.world > 1 else model
-    ddp_disc = DDP(disc) if (disc is not None and d.world > 1) else disc
+    ddp_model = distribute(model, d, loop.compile)
+    ddp_disc = distribute(disc, d, loop.compile) if disc is not None else None
 
     writer = summary_writer(run.path, start if ckpt is not None else None, d.is_main)
-    fixed = to_model_range(train_data.images[:16]).to(d.device)  # images shown in TensorBoard
+    fixed = to_model_range(train_data.batch(range(min(16, len(train_data))))).to(d.device)  # shown in TensorBoard
     bar = progress_bar(loop.max_steps, start, progress and d.is_main, "tokenizer")
     n_micro = loop.grad_accum
+    batches = train_data.step_batches(  # step s's batch, decoded ahead by workers when read lazily
+        lambda s: batch_indices(len(train_data), loop.batch_size, s, loop.seed, d.rank, d.world), start, loop.max_steps,
+        workers)
     for step in run.steps(start, loop.max_steps):  # ends after the step on SIGTERM / SIGINT
         model.train()
-        idx = batch_indices(len(train_data), loop.batch_size, step, loop.seed, d.rank, d.world)
-        x = to_model_range(train_data.images[idx]).to(d.device, non_blocking=True)  # (b, C, H, W)
+        x = to_model_range(next(batches)).to(d.device, non_blocking=True)  # (b, C, H, W)
         gan_on = disc is not None and step >= cfg.gan.start
 
         # --- autoencoder + quantizer step -------------------------------------------------------
@@ -257,10 +260,23 @@ def _imagenet_f16() -> TokenizerTrainConfig:
         data="folder:imagenet/train")
 
 
+def _imagenet_f16_16384() -> TokenizerTrainConfig:
+    """Taming's ImageNet f16 VQGAN with 16384 codes (``vqgan_imagenet_f16_16384``): the ``imagenet-f16``
+    architecture and quantizer with 16384 codes, and that model's GAN settings: a 2-layer PatchGAN from
+    step 0 with disc_weight 0.75. No k-means init: a first batch (12 × 16 × 16 = 3072 vectors) holds
+    fewer vectors than there are codes; the codes start random and dead-code restarts bring them in."""
+    cfg = _imagenet_f16()
+    cfg.model.quantizer.codebook_size = 16384
+    cfg.model.quantizer.kmeans_init = False
+    cfg.gan = GANConfig(weight=0.75, start=0, n_layers=2)
+    return cfg
+
+
 TOKENIZER_PRESETS = {
     "tiny": _tiny,
     "fashion-mnist": _fashion_mnist,
     "fashion-mnist-plain": _fashion_mnist_plain,
     "shapes": _shapes,
     "imagenet-f16": _imagenet_f16,
+    "imagenet-f16-16384": _imagenet_f16_16384,
 }
