@@ -9,6 +9,10 @@
   rest;
 * a **tokenizer** run (``vqgen train tokenizer``): ``pipe.reconstruct(images)``.
 
+With a CLIP, a tokenizer or text-to-image run also generates without sampling anything:
+``pipe("a red circle", method="clip-guided", n=4)`` optimises the tokenizer's latents until the CLIP
+scores the pictures close to the caption (``vqgen.rerank.clip_guided``, "VQGAN + CLIP").
+
 Every call returns a :class:`Generation` (PIL images, their uint8 pixels, CLIP scores when ranked).
 Unset sampling options take the run's recorded defaults (``default_guidance``: the measured best
 guidance scale of a run trained with caption / condition dropout). The same arguments and ``seed``
@@ -46,7 +50,7 @@ class Generation:
     guidance: float | None = None      # guidance scale used (None: no sampling, e.g. reconstruction)
     seed: int | None = None
     source: Image.Image | None = None  # completion / reconstruction: the input picture as the codec saw it
-    tokens: torch.Tensor | None = None  # reconstruction: the token grids decoded, int64 (k, h, w)
+    tokens: torch.Tensor | None = None  # reconstruction, clip-guided: the token grids decoded, int64 (k, h, w)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -86,15 +90,16 @@ class Pipeline:
     def from_pretrained(cls, run_dir: str | Path, clip: str | Path | None = None,
                         device: str | torch.device = "cpu") -> "Pipeline":
         """Load a text-to-image, prior or tokenizer run (with what it decodes with); ``clip`` (a vqgen
-        CLIP run or a local transformers CLIPModel directory) ranks a text-to-image run's candidates."""
+        CLIP run or a local transformers CLIPModel directory) ranks a text-to-image run's candidates and
+        steers ``method="clip-guided"`` (text-to-image and tokenizer runs)."""
         path = Path(run_dir)
         kind = read_payload(path).get("kind")
         dev = _device(device)
         if kind not in ("text2img", "prior", "tokenizer"):
             raise ConfigError(f"{path} holds a {kind!r} model; a Pipeline loads a text-to-image run, a prior run or "
                               "a tokenizer run")
-        if clip is not None and kind != "text2img":
-            raise ConfigError(f"clip= ranks the candidates of a caption; {path} is a {kind} run, which takes none")
+        if clip is not None and kind == "prior":
+            raise ConfigError(f"clip= ranks the candidates of a caption; {path} is a prior run, which takes none")
         if kind == "text2img":
             from .text.generate import load_text2img_run
             run = load_text2img_run(path, device=dev)
@@ -107,7 +112,11 @@ class Pipeline:
             from .prior.generate import load_prior_run
             return cls(kind, path, load_prior_run(path, device=dev), None, dev)
         from .tokenizer.vqgan import VQTokenizer
-        return cls(kind, path, VQTokenizer.from_pretrained(path, map_location=dev), None, dev)
+        scorer = None
+        if clip is not None:
+            from .rerank.clip import load_clip
+            scorer = load_clip(clip, map_location=dev)
+        return cls(kind, path, VQTokenizer.from_pretrained(path, map_location=dev), scorer, dev)
 
     # ---- what the run is (for a UI) ------------------------------------------------------------
 
@@ -147,7 +156,7 @@ class Pipeline:
 
     @property
     def can_rank(self) -> bool:
-        """Whether ``keep < n`` is possible: a text-to-image run loaded with a CLIP."""
+        """Whether ``keep < n`` is possible: a run loaded with a CLIP."""
         return self.scorer is not None
 
     @property
@@ -181,12 +190,29 @@ class Pipeline:
 
     def __call__(self, caption: str | None = None, *, class_label: int | str | None = None, n: int = 8,
                  keep: int | None = None, guidance: float | None = None, temperature: float | None = None,
-                 top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> Generation:
+                 top_k: int | None = None, top_p: float | None = None, seed: int = 0, method: str | None = None,
+                 steps: int | None = None, lr: float | None = None, cutouts: int | None = None,
+                 init: str | Path | None = None) -> Generation:
         """``n`` samples for a caption (text-to-image) or a class (prior), ``keep`` of them kept (default
-        all; fewer needs a CLIP, which then ranks them best first). Unset options take the run's defaults."""
+        all; fewer needs a CLIP, which then ranks them best first). Unset options take the run's defaults.
+
+        ``method="clip-guided"`` (a text-to-image or tokenizer run loaded with ``clip=``): ``n`` pictures of
+        the caption made by optimising the tokenizer's latents against the CLIP, best first; ``steps``,
+        ``lr``, ``cutouts`` and ``init`` ("noise", "tokens" or an image file) default to
+        ``ClipGuidedConfig``'s measured values."""
+        guided = {"steps": steps, "lr": lr, "cutouts": cutouts, "init": init}
+        if method == "clip-guided":
+            return self._clip_guided(caption, class_label, n, keep, seed, guided,
+                                     {"guidance": guidance, "temperature": temperature, "top_k": top_k, "top_p": top_p})
+        if method is not None:
+            raise ConfigError(f"unknown method {method!r}: None (sample the run's model) or 'clip-guided'")
+        given = [k for k, v in guided.items() if v is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} are options of method='clip-guided'")
         if self.kind == "tokenizer":
-            raise ConfigError(f"{self.path} is a tokenizer run: it reconstructs pictures (pipe.reconstruct(images)), "
-                              "it does not sample")
+            hint = "" if self.scorer is None else " or, with its CLIP, generates (method='clip-guided')"
+            raise ConfigError(f"{self.path} is a tokenizer run: it reconstructs pictures (pipe.reconstruct(images))"
+                              f"{hint}; it does not sample")
         hint = "load the pipeline with clip=CLIP_DIR" if self.kind == "text2img" else \
             "only a text-to-image run's candidates are ranked (by a CLIP)"
         from .text.generate import check_counts
@@ -244,6 +270,32 @@ class Pipeline:
                           source=to_pil(x[:1].cpu())[0], tokens=tokens.cpu())
 
     # ---- internals -----------------------------------------------------------------------------
+
+    def _clip_guided(self, caption: str | None, class_label, n: int, keep: int | None, seed: int, options: dict,
+                     sampling: dict) -> Generation:
+        from .rerank.clip_guided import ClipGuidedConfig, clip_guided
+        from .text.generate import check_caption, check_counts
+        if self.kind == "prior" or self.scorer is None:
+            raise ConfigError(f"method='clip-guided' needs a tokenizer or text-to-image run loaded with clip=CLIP_DIR; "
+                              f"{self.path} is a {self.kind} run" + ("" if self.kind == "prior" else " without a CLIP"))
+        given = [k for k, v in sampling.items() if v is not None] + (["class_label"] if class_label is not None else [])
+        if given:
+            raise ConfigError(f"{', '.join(given)} are options of sampling, not of method='clip-guided'")
+        if caption is None:
+            raise ConfigError('method=\'clip-guided\' needs a caption, e.g. pipe("a red circle", method="clip-guided")')
+        keep = check_counts(n, keep, can_rank=True, rank_hint="")
+        caption = check_caption(caption)
+        cfg = ClipGuidedConfig(seed=seed, **{k: v for k, v in options.items() if v is not None})
+        from .tokenizer.vqgan import VQTokenizer
+        tokenizer = self.run if self.kind == "tokenizer" else getattr(self.run.codec, "model", None)
+        if not isinstance(tokenizer, VQTokenizer):
+            raise ConfigError(f"{self.path} decodes pixel tokens, not a tokenizer's: method='clip-guided' needs "
+                              "a tokenizer")
+        out = clip_guided(tokenizer, self.scorer, [caption] * n, cfg)
+        order = torch.argsort(out.scores, descending=True, stable=True)[:keep]  # (keep,) best first
+        pixels = out.images[order]  # (keep, C, H, W)
+        return Generation(to_pil(pixels), pixels, out.scores[order].tolist(), order.tolist(), caption, n, None, seed,
+                          tokens=out.tokens[order])
 
     def _class(self, label: int | str | None, required: bool) -> int | None:
         if self.conditioning != "class":

@@ -1,5 +1,6 @@
 """Text-to-image commands: train the caption→image model, the CLIP reranker and the shapes judge;
-generate from a caption; evaluate with the judge."""
+generate from a caption (by the text-to-image model, or by CLIP-guided optimisation of a tokenizer's
+latents); evaluate with the judge."""
 from __future__ import annotations
 
 import argparse
@@ -38,9 +39,24 @@ def cmd_train_shapes_judge(args: argparse.Namespace) -> None:
     print(f"shapes judge saved to {args.out}; fully correct on held-out renders: {metrics['accuracy_on_renders']:.4f}")
 
 
+GUIDED_FLAGS = ("tokenizer", "steps", "lr", "cutouts", "init", "snapshot_every")  # --method clip-guided only
+SAMPLING_FLAGS = ("model", "guidance", "temperature", "top_k", "top_p")  # --method text2img only
+
+
+def _flags(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
+    return ["--" + k.replace("_", "-") for k in names if getattr(args, k) is not None]
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     from ..images import save_captioned_grid
     from ..text.generate import best_of, check_caption, check_counts, load_text2img_run
+    if args.method == "clip-guided":
+        return _generate_clip_guided(args)
+    if _flags(args, GUIDED_FLAGS):
+        raise ConfigError(f"{', '.join(_flags(args, GUIDED_FLAGS))} belong to --method clip-guided")
+    if args.model is None:
+        raise ConfigError("--model RUN_DIR is required: a text-to-image run (or --method clip-guided with "
+                          "--tokenizer and --clip)")
     keep = check_counts(args.n, args.keep, can_rank=bool(args.clip), rank_hint="give --clip CLIP_DIR", flag="--")
     captions = [check_caption(c) for c in args.captions]
     scorer = None
@@ -59,6 +75,49 @@ def cmd_generate(args: argparse.Namespace) -> None:
     scale = run.model.config.guidance_scale if args.guidance is None else args.guidance
     temperature = run.model.config.temperature if args.temperature is None else args.temperature
     print(f"wrote {path}: one row per caption, {how}; guidance {scale:g}, temperature {temperature:g}")
+
+
+def _generate_clip_guided(args: argparse.Namespace) -> None:
+    """``--method clip-guided``: ``--n`` pictures per caption optimised against the CLIP, best ``--keep`` kept."""
+    import torch
+
+    from ..images import save_captioned_grid
+    from ..rerank.clip import load_clip
+    from ..rerank.clip_guided import ClipGuidedConfig, clip_guided
+    from ..text.generate import check_caption, check_counts
+    from ..tokenizer.vqgan import VQTokenizer
+    if _flags(args, SAMPLING_FLAGS):
+        raise ConfigError(f"{', '.join(_flags(args, SAMPLING_FLAGS))} belong to --method text2img; --method "
+                          "clip-guided takes --tokenizer, --clip, --steps, --lr, --cutouts, --init")
+    missing = [f for f, v in (("--tokenizer TOK_DIR", args.tokenizer), ("--clip CLIP_DIR", args.clip)) if v is None]
+    if missing:
+        raise ConfigError(f"--method clip-guided needs {' and '.join(missing)}")
+    keep = check_counts(args.n, args.keep, can_rank=True, rank_hint="", flag="--")
+    captions = [check_caption(c) for c in args.captions]
+    options = {k: getattr(args, k) for k in ("steps", "lr", "cutouts", "init", "snapshot_every")}
+    cfg = ClipGuidedConfig(seed=args.seed, **{k: v for k, v in options.items() if v is not None})
+    tokenizer = VQTokenizer.from_pretrained(args.tokenizer)
+    scorer = load_clip(args.clip)
+    out = clip_guided(tokenizer, scorer, [c for c in captions for _ in range(args.n)], cfg, progress=True)
+
+    def grid(images: torch.Tensor, scores: torch.Tensor, path: Path) -> Path:
+        """One row per caption, its ``keep`` best pictures by final score, the score under each."""
+        rows, labels = [], []
+        final = out.scores.view(len(captions), args.n)  # (captions, n)
+        for i, caption in enumerate(captions):
+            best = torch.argsort(final[i], descending=True, stable=True)[:keep]  # (keep,)
+            rows.append(images.view(len(captions), args.n, *images.shape[1:])[i, best])
+            labels += [f"{caption} ({float(s):.1f})" for s in scores.view(len(captions), args.n)[i, best]]
+        return save_captioned_grid(torch.cat(rows), labels, path, nrow=keep, scale=args.scale)
+
+    path = grid(out.images, out.scores, Path(args.out))
+    for snap in out.snapshots:  # the same pictures (ranked as the result) after fewer steps
+        grid(snap.images, snap.scores, path.with_name(f"{path.stem}-step{snap.step:04d}{path.suffix}"))
+    how = f"best {keep} of {args.n} by CLIP score" if keep < args.n else f"{keep} pictures, best CLIP score first"
+    start, end = out.history[0].mean(), out.history[-1].mean()
+    print(f"wrote {path}: one row per caption, {how}; {cfg.steps} steps of CLIP-guided optimisation (lr {cfg.lr:g}, "
+          f"{cfg.cutouts} cutouts, init {cfg.init}), mean CLIP score {float(start):.1f} → {float(end):.1f}"
+          + (f"; {len(out.snapshots)} snapshots beside it" if out.snapshots else ""))
 
 
 def _test_records(run_dir: str, captions_file: str | None):
@@ -128,11 +187,23 @@ def register(sub, train, evaluate) -> None:
     add_train_common(p)
     p.set_defaults(func=cmd_train_shapes_judge)
 
-    p = sub.add_parser("generate", help="images from captions, reranked by CLIP")
+    p = sub.add_parser("generate", help="images from captions: sampled by a text-to-image model and reranked by "
+                       "CLIP, or optimised against CLIP (--method clip-guided)")
     p.add_argument("captions", nargs="+", metavar="CAPTION")
-    p.add_argument("--model", required=True, help="text-to-image run directory")
-    p.add_argument("--clip", help="CLIP directory (vqgen's own or a transformers CLIPModel) to rank candidates")
-    p.add_argument("--n", type=int, default=16, help="candidates to sample")
+    p.add_argument("--method", choices=("text2img", "clip-guided"), default="text2img",
+                   help="text2img: sample --model; clip-guided: optimise --tokenizer's latents against --clip")
+    p.add_argument("--model", help="text-to-image run directory (--method text2img)")
+    p.add_argument("--clip", help="CLIP directory (vqgen's own or a transformers CLIPModel) to rank candidates, "
+                   "or to steer --method clip-guided")
+    p.add_argument("--tokenizer", metavar="TOK_DIR", help="tokenizer run (--method clip-guided)")
+    p.add_argument("--steps", type=int, help="optimisation steps (clip-guided; default: measured, see docs)")
+    p.add_argument("--lr", type=float, help="Adam step size in the codebook's space (clip-guided)")
+    p.add_argument("--cutouts", type=int, help="random crops scored per picture and step (clip-guided)")
+    p.add_argument("--init", metavar="noise|tokens|IMAGE", help="start from noise, random tokens or a picture's "
+                   "latents (clip-guided; default noise)")
+    p.add_argument("--snapshot-every", type=int, metavar="M", help="also save the pictures every M steps as "
+                   "OUT-stepNNNN.png (clip-guided)")
+    p.add_argument("--n", type=int, default=16, help="candidates to sample, or pictures to optimise")
     p.add_argument("--keep", type=int, help="best candidates to keep (default: all)")
     p.add_argument("--out", required=True)
     p.add_argument("--guidance", type=float, help="super-conditioning scale (default: the model's)")

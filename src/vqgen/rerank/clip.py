@@ -12,7 +12,10 @@ loss over the in-batch pairs (van den Oord et al. 2018, https://arxiv.org/abs/18
   of attention, pooled at the ``</s>`` token (the last real token), linear projection.
 
 Generation code sees only a :class:`ClipScorer`: ``score(uint8 images, captions) -> (B,)`` CLIP
-scores, 100 × cosine (Hessel et al. 2021, https://arxiv.org/abs/2104.08718). :func:`load_clip`
+scores, 100 × cosine (Hessel et al. 2021, https://arxiv.org/abs/2104.08718), without gradients. Both
+scorers here also keep gradients where asked: ``embed_images(float images in [-1, 1])`` and
+``embed_text(captions)`` (L2-normalised embeddings) and ``similarity`` (the score of float images), which
+CLIP-guided generation (``vqgen.rerank.clip_guided``) differentiates. :func:`load_clip`
 returns one for a directory holding either this project's model (kind ``"clip"``, with its
 ``tokenizer.json``) or a Hugging Face ``transformers`` CLIP saved locally (nothing is downloaded).
 :func:`rerank` keeps the best samples for a caption, as DALL·E does with CLIP
@@ -21,6 +24,7 @@ returns one for a directory holding either this project's model (kind ``"clip"``
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -219,23 +223,49 @@ class OwnClipScorer:
             raise ConfigError("OwnClipScorer needs a ClipModel with its tokenizer set")
         self.model = model
 
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Float images in [-1, 1] (B, C, H, W), any size (resized to the model's) → L2-normalised (B, D),
+        differentiable with respect to the images."""
+        cfg = self.model.config
+        if images.dim() != 4 or not images.is_floating_point() or images.shape[1] != cfg.channels:
+            raise ConfigError(f"this CLIP embeds float (B, {cfg.channels}, H, W) images in [-1, 1], got "
+                              f"{tuple(images.shape)} {images.dtype}")
+        x = images.to(next(self.model.parameters()).device)
+        if tuple(x.shape[2:]) != (cfg.resolution, cfg.resolution):
+            x = F.interpolate(x, size=(cfg.resolution, cfg.resolution), mode="bilinear", antialias=True,
+                              align_corners=False)  # (B, C, r, r)
+        with _eval(self.model):
+            return self.model.encode_image(x)  # (B, D)
+
+    def embed_text(self, captions: list[str]) -> torch.Tensor:
+        """B captions → L2-normalised (B, D); long captions are truncated."""
+        cfg = self.model.config
+        ids, _ = self.model.tokenizer.encode(list(captions), cfg.max_len)  # (B, L)
+        with _eval(self.model):
+            return self.model.encode_text(ids.to(next(self.model.parameters()).device))  # (B, D)
+
+    def similarity(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        """Float images in [-1, 1] (B, C, H, W) and B captions → (B,) 100 × cosine, with gradients."""
+        return 100.0 * (self.embed_images(images) * self.embed_text(captions)).sum(-1)  # (B,)
+
     @torch.inference_mode()
     def score(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
         _check_score_args(images, captions)
         cfg = self.model.config
         if images.shape[1] != cfg.channels:
             raise ConfigError(f"this CLIP takes {cfg.channels}-channel images, got {images.shape[1]} channels")
-        device = next(self.model.parameters()).device
-        was = self.model.training
-        self.model.eval()
-        x = to_model_range(images.to(device))  # (B, C, H, W) in [-1, 1]
-        if tuple(x.shape[2:]) != (cfg.resolution, cfg.resolution):
-            x = F.interpolate(x, size=(cfg.resolution, cfg.resolution), mode="bilinear", antialias=True,
-                              align_corners=False)  # (B, C, r, r)
-        ids, _ = self.model.tokenizer.encode(list(captions), cfg.max_len)  # (B, L); long captions truncated
-        sim = (self.model.encode_image(x) * self.model.encode_text(ids.to(device))).sum(-1)  # (B,)
-        self.model.train(was)
-        return 100.0 * sim.float().cpu()
+        return self.similarity(to_model_range(images), captions).float().cpu()  # (B,)
+
+
+@contextmanager
+def _eval(model: nn.Module):
+    """The model in eval mode for the block, its previous mode restored after."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
 
 
 class HFClipScorer:
@@ -257,7 +287,10 @@ class HFClipScorer:
 
     def pixel_values(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, H, W) → normalised float (B, 3, image_size, image_size)."""
-        x = images.float().div(255.0)  # (B, C, H, W) in [0, 1]
+        return self._normalise(images.float().div(255.0))
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Float (B, C, H, W) in [0, 1] → normalised float (B, 3, image_size, image_size), differentiable."""
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)  # (B, 3, H, W)
         elif x.shape[1] != 3:
@@ -269,20 +302,39 @@ class HFClipScorer:
             x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
         top, left = (nh - s) // 2, (nw - s) // 2
         x = x[:, :, top:top + s, left:left + s]  # (B, 3, s, s)
-        return (x - self.mean) / self.std  # (B, 3, s, s)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)  # (B, 3, s, s)
+
+    def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalised pixels (B, 3, s, s) → L2-normalised image embeddings (B, D)."""
+        device = next(self.model.parameters()).device
+        return F.normalize(_features(self.model.get_image_features(pixel_values=pixels.to(device))).float(), dim=-1)
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Float images in [-1, 1] (B, C, H, W), any size → L2-normalised (B, D), differentiable with
+        respect to the images."""
+        if images.dim() != 4 or not images.is_floating_point():
+            raise ConfigError(f"CLIP embeds float (B, C, H, W) images in [-1, 1], got {tuple(images.shape)} "
+                              f"{images.dtype}")
+        return self._embed_pixels(self._normalise(images.add(1.0).div(2.0)))  # (B, D)
+
+    def embed_text(self, captions: list[str]) -> torch.Tensor:
+        """B captions → L2-normalised (B, D); long captions are truncated."""
+        device = next(self.model.parameters()).device
+        text = self.tokenizer(list(captions), padding=True, truncation=True, max_length=self.max_len,
+                              return_tensors="pt")
+        out = self.model.get_text_features(input_ids=text["input_ids"].to(device),
+                                           attention_mask=text["attention_mask"].to(device))
+        return F.normalize(_features(out).float(), dim=-1)  # (B, D)
+
+    def similarity(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        """Float images in [-1, 1] (B, C, H, W) and B captions → (B,) 100 × cosine, with gradients."""
+        return 100.0 * (self.embed_images(images) * self.embed_text(captions)).sum(-1)  # (B,)
 
     @torch.inference_mode()
     def score(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
         _check_score_args(images, captions)
-        device = next(self.model.parameters()).device
-        pixels = self.pixel_values(images).to(device)  # (B, 3, s, s)
-        text = self.tokenizer(list(captions), padding=True, truncation=True, max_length=self.max_len,
-                              return_tensors="pt")
-        img = _features(self.model.get_image_features(pixel_values=pixels))  # (B, D)
-        txt = _features(self.model.get_text_features(input_ids=text["input_ids"].to(device),
-                                                     attention_mask=text["attention_mask"].to(device)))  # (B, D)
-        sim = F.cosine_similarity(img.float(), txt.float(), dim=-1)  # (B,)
-        return 100.0 * sim.cpu()
+        img = self._embed_pixels(self.pixel_values(images))  # (B, D)
+        return 100.0 * (img * self.embed_text(captions)).sum(-1).cpu()  # (B,)
 
 
 def _features(out) -> torch.Tensor:
