@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from vqgen.tokenizer.quantizer import FSQuantizer, QuantizerConfig, VectorQuantizer, kmeans
+from vqgen.tokenizer.quantizer import FSQuantizer, QuantizerConfig, VectorQuantizer, kmeans, rotate_to
 
 
 def _z(b=4, c=8, h=3, w=3, seed=0):
@@ -20,6 +20,40 @@ def test_lookup_picks_the_nearest_code_and_straight_through_passes_gradients():
     assert torch.allclose(out.z_q, q.embed[out.indices].permute(0, 3, 1, 2), atol=1e-6)
     out.z_q.sum().backward()
     assert torch.allclose(z.grad, torch.ones_like(z))  # identity gradient (straight-through)
+
+
+def test_rotation_trick_is_exact_forward_and_rotates_gradients_backward():
+    g = torch.Generator().manual_seed(0)
+    e = torch.randn(32, 6, generator=g).requires_grad_(True)
+    q = torch.randn(32, 6, generator=g) * 3
+    out = rotate_to(e, q)
+    assert torch.equal(out, q)  # the forward value is the code, bit for bit
+    # Backward is λ·Rᵀ with R the rotation taking ê to q̂ and λ = ‖q‖/‖e‖: a gradient along q̂ arrives
+    # at e along ê, scaled by λ — straight through would copy it unchanged.
+    q_hat = q / q.norm(dim=1, keepdim=True)
+    out.backward(q_hat)
+    scale = (q.norm(dim=1) / e.detach().norm(dim=1)).unsqueeze(1)
+    assert torch.allclose(e.grad, scale * e.detach() / e.detach().norm(dim=1, keepdim=True), atol=1e-5)
+    # Rotations keep lengths: any incoming gradient's norm is only rescaled by λ.
+    e.grad = None
+    upstream = torch.randn(32, 6, generator=g)
+    rotate_to(e, q).backward(upstream)
+    assert torch.allclose(e.grad.norm(dim=1), scale.squeeze(1) * upstream.norm(dim=1), rtol=1e-4)
+
+
+def test_quantizer_with_the_rotation_trick_sends_other_gradients_than_straight_through():
+    z = _z().requires_grad_(True)
+    base = VectorQuantizer(8, QuantizerConfig(codebook_size=16, code_dim=4, l2_normalize=True))
+    rot = VectorQuantizer(8, QuantizerConfig(codebook_size=16, code_dim=4, l2_normalize=True, rotation_trick=True))
+    rot.load_state_dict(base.state_dict())
+    outs = []
+    for q in (base, rot):
+        out = q(z)
+        (out.z_q ** 2).sum().backward()
+        outs.append((out.z_q.detach(), z.grad.clone()))
+        z.grad = None
+    assert torch.allclose(outs[0][0], outs[1][0], atol=1e-6)  # same forward
+    assert not torch.allclose(outs[0][1], outs[1][1], atol=1e-3)  # different backward
 
 
 def test_beta_weights_the_commitment_term_not_the_codebook_term():
@@ -83,6 +117,17 @@ def test_dead_codes_are_restarted_to_encoder_outputs():
     # Codes stop being chosen, their running count decays below the threshold and they are
     # moved onto the data; in the end no code is left at its initial place near 0.
     assert (q.embed.detach() - 10).abs().max() < 1.0
+
+
+def test_a_batch_is_quantized_to_the_codes_it_chose_before_ema_and_restarts_move_them():
+    # Threshold far above any count: every code is restarted in this very step, and EMA moves them too.
+    cfg = QuantizerConfig(codebook_size=8, ema_decay=0.9, dead_code_threshold=100.0)
+    q = VectorQuantizer(4, cfg).train()
+    z = _z(c=4)
+    before = q.codebook().clone()  # (K, D)
+    out = q(z)
+    assert not torch.allclose(q.codebook(), before)  # the step did move the codebook
+    assert torch.allclose(out.z_q, before[out.indices].permute(0, 3, 1, 2), atol=1e-6)
 
 
 def test_l2_codes_are_unit_norm_and_projections_set_the_lookup_dim():

@@ -48,6 +48,7 @@ class QuantizerConfig:
     dead_code_threshold: float = 0.0   # restart codes whose running count per batch is below this; 0 = off
     usage_decay: float = 0.99          # decay of the running per-code count that restarts read
     l2_normalize: bool = False
+    rotation_trick: bool = False       # gradients through the lookup by rotation instead of straight through
     fsq_levels: tuple[int, ...] = (8, 5, 5, 5)
 
     def __post_init__(self) -> None:
@@ -100,6 +101,21 @@ def code_histogram_stats(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return entropy.exp(), (counts > 0).float().mean()
 
 
+def rotate_to(e: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """The rotation trick (Fifty et al. 2024, https://arxiv.org/abs/2410.06424): returns q (N, D) in the
+    forward pass, and in the backward pass carries the gradient to e (N, D) through the rotation and
+    rescaling that map e onto q, held constant — instead of copying it unchanged (straight through).
+    The rotation, R = I − 2 r rᵀ + 2 q̂ êᵀ with r = (ê + q̂)/‖ê + q̂‖, is applied without forming R."""
+    with torch.no_grad():
+        e_norm = e.norm(dim=1, keepdim=True).clamp_min(1e-6)  # (N, 1)
+        q_norm = q.norm(dim=1, keepdim=True)  # (N, 1)
+        e_hat, q_hat = e / e_norm, q / q_norm.clamp_min(1e-6)  # (N, D)
+        r = F.normalize(e_hat + q_hat, dim=1, eps=1e-6)  # (N, D)
+    rotated = e - 2 * r * (r * e).sum(1, keepdim=True) + 2 * q_hat * (e_hat * e).sum(1, keepdim=True)  # R e, (N, D)
+    out = (q_norm / e_norm) * rotated  # (N, D), equal to q up to rounding
+    return out + (q - out).detach()  # exactly q forward
+
+
 class VectorQuantizer(nn.Module):
     def __init__(self, in_dim: int, cfg: QuantizerConfig):
         super().__init__()
@@ -137,7 +153,9 @@ class VectorQuantizer(nn.Module):
     def lookup(self, z: torch.Tensor) -> torch.Tensor:
         """Nearest code ids for projected vectors z (N, D) -> (N,)."""
         e = self.codebook()  # (K, D)
-        d = z.pow(2).sum(1, keepdim=True) - 2 * z @ e.t() + e.pow(2).sum(1)  # (N, K) squared distances
+        if self.cfg.l2_normalize:  # unit vectors: the nearest code is the most similar one
+            return (z @ e.t()).argmax(dim=1)  # (N,)
+        d = e.pow(2).sum(1) - 2 * z @ e.t()  # (N, K) squared distances less ‖z‖², the same for every code
         return d.argmin(dim=1)
 
     @torch.no_grad()
@@ -151,10 +169,10 @@ class VectorQuantizer(nn.Module):
         self.initialized.fill_(True)
 
     @torch.no_grad()
-    def _ema_update(self, z: torch.Tensor, onehot: torch.Tensor) -> None:
+    def _ema_update(self, z: torch.Tensor, idx: torch.Tensor, counts: torch.Tensor) -> None:
         decay, k = self.cfg.ema_decay, self.codebook_size
-        counts = _all_reduce(onehot.sum(0))  # (K,)
-        sums = _all_reduce(onehot.t() @ z)  # (K, D)
+        counts = _all_reduce(counts.clone())  # (K,)
+        sums = _all_reduce(z.new_zeros(k, z.shape[1]).index_add_(0, idx, z))  # (K, D) sum of the vectors of each code
         self.ema_count.mul_(decay).add_(counts, alpha=1 - decay)
         self.ema_sum.mul_(decay).add_(sums, alpha=1 - decay)
         n = self.ema_count.sum()
@@ -187,19 +205,20 @@ class VectorQuantizer(nn.Module):
         if self.training and not bool(self.initialized):
             self._kmeans_init(flat.detach())
         idx = self.lookup(flat.detach())  # (N,)
-        onehot = F.one_hot(idx, self.codebook_size).type(flat.dtype)  # (N, K)
-        counts = onehot.sum(0).detach()  # (K,)
+        # The codes this batch was assigned to, taken before the EMA update and the restarts below move
+        # them: a restart must not hand the vectors that chose a code somebody else's encoder output.
+        q = self.codebook()[idx]  # (N, D)
+        counts = torch.bincount(idx, minlength=self.codebook_size).to(flat.dtype)  # (K,)
         if self.training:
             if self.cfg.ema_decay is not None:
-                self._ema_update(flat.detach(), onehot)
+                self._ema_update(flat.detach(), idx, counts)
             with torch.no_grad():
                 self.usage_count.mul_(self.cfg.usage_decay).add_(_all_reduce(counts.clone()), alpha=1 - self.cfg.usage_decay)
             if self.cfg.dead_code_threshold > 0:
                 self._restart_dead(flat.detach())
-        q = self.codebook()[idx]  # (N, D)
         commitment = F.mse_loss(flat, q.detach())
         codebook_loss = F.mse_loss(q, flat.detach()) if self.cfg.ema_decay is None else flat.new_zeros(())
-        q_st = flat + (q - flat).detach()  # straight-through estimator, (N, D)
+        q_st = rotate_to(flat, q) if self.cfg.rotation_trick else flat + (q - flat).detach()  # (N, D)
         z_q = rearrange(self.proj_out(q_st), "(b h w) c -> b c h w", b=b, h=h, w=w)  # (B, C, h, w)
         perplexity, usage = code_histogram_stats(counts)
         return QuantizerOutput(z_q, idx.view(b, h, w), codebook_loss + self.cfg.beta * commitment,
