@@ -70,7 +70,8 @@ def ensure_judge(progress: bool = False) -> Path:
 
 
 def ensure_tokens(progress: bool = False) -> Path:
-    from vqgen.prior.codec import TokenizerCodec, encode_dataset
+    from vqgen.data.encode import encode_dataset
+    from vqgen.prior.codec import TokenizerCodec
     from vqgen.tokenizer.vqgan import VQTokenizer
     tok = ensure_tokenizer(progress)
     out = RUNS / "bench-tokens"
@@ -80,12 +81,15 @@ def ensure_tokens(progress: bool = False) -> Path:
 
 def ensure_pixel_tokens(k: int = 16, progress: bool = False) -> Path:
     from vqgen.data import load_images
-    from vqgen.prior.codec import PaletteCodec, encode_dataset
-    from vqgen.prior.pixels import fit_palette, load_palette
+    from vqgen.data.encode import encode_dataset
+    from vqgen.prior.codec import PALETTE_FILE, PaletteCodec
+    from vqgen.prior.pixels import fit_palette, load_palette, save_palette
     out = RUNS / "bench-pixels"
-    if (out / "palette.safetensors").exists():
-        palette = load_palette(out / "palette.safetensors")
+    if (out / PALETTE_FILE).exists():
+        palette = load_palette(out / PALETTE_FILE)
     else:
         palette = fit_palette(load_images(fmnist_spec(), "train", 28, 1, progress=False).images, k, seed=0)
+        out.mkdir(parents=True, exist_ok=True)
+        save_palette(palette, out / PALETTE_FILE)  # the token directory names it (load_codec)
     encode_dataset(PaletteCodec(palette, 28), fmnist_spec(), out, progress=progress)
     return out

@@ -4,7 +4,7 @@
 
 Writes two folders of 64×64 RGB JPEGs (``--n`` images and ``--n``/10; kept and reused), saves a tiny
 random tokenizer (64 px RGB, f=4: data, not the model, is measured), then runs ``vqgen encode``'s code
-(``vqgen.prior.codec.encode_dataset``) in a child process per (folder, worker count), with the dataset
+(``vqgen.data.encode.encode_dataset``) in a child process per (folder, worker count), with the dataset
 forced lazy (``IN_MEMORY_MAX_BYTES = 0``; at full size the 100 000-image folder, 1.2 GB decoded, is
 lazy anyway and the 10 000 one, 123 MB, would be kept in memory). While a child runs, the RSS of it and
 of all its descendants (the DataLoader workers) is summed every 20 ms from /proc; the peak is reported.
@@ -114,7 +114,8 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     import vqgen.data.lazy as lazy
-    from vqgen.prior.codec import TokenizerCodec, encode_dataset
+    from vqgen.data.encode import encode_dataset
+    from vqgen.prior.codec import TokenizerCodec
     from vqgen.tokenizer.vqgan import VQTokenizer
     torch.set_num_threads(1)
     if not args.in_memory:

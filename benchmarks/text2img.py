@@ -30,7 +30,8 @@ from vqgen.data.shapes import load_shapes  # noqa: E402
 from vqgen.eval.shapes_judge import ShapesJudge  # noqa: E402
 from vqgen.eval.text2img import evaluate_text2img  # noqa: E402
 from vqgen.images import save_captioned_grid  # noqa: E402
-from vqgen.prior.codec import TokenizerCodec, encode_dataset  # noqa: E402
+from vqgen.data.encode import encode_dataset  # noqa: E402
+from vqgen.prior.codec import TokenizerCodec  # noqa: E402
 from vqgen.rerank.clip import load_clip, rerank  # noqa: E402
 from vqgen.text.generate import generate_candidates, load_text2img_run  # noqa: E402
 from vqgen.tokenizer.vqgan import VQTokenizer  # noqa: E402

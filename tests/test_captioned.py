@@ -168,7 +168,8 @@ def test_token_writer_captions_roundtrip(tmp_path):
 def test_encode_shapes_carries_captions(tmp_path, monkeypatch):
     from vqgen.config import apply_overrides
     from vqgen.data import splits_of
-    from vqgen.prior.codec import TokenizerCodec, encode_dataset
+    from vqgen.data.encode import encode_dataset
+    from vqgen.prior.codec import TokenizerCodec
     from vqgen.tokenizer.vqgan import VQTokenizer
     from vqgen.train.tokenizer import TOKENIZER_PRESETS
 

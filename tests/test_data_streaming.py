@@ -18,7 +18,8 @@ from vqgen.data import ImageDataset, LazyImageDataset, load_images
 from vqgen.data.lazy import StringArray
 from vqgen.data.tokens import load_tokens
 from vqgen.errors import DataError
-from vqgen.prior.codec import TokenizerCodec, encode_dataset
+from vqgen.data.encode import encode_dataset
+from vqgen.prior.codec import TokenizerCodec
 from vqgen.tokenizer.vqgan import VQTokenizer
 from vqgen.train.common import batch_indices
 from vqgen.train.tokenizer import TOKENIZER_PRESETS, train_tokenizer
@@ -265,6 +266,25 @@ def test_encode_wds_stream_is_the_same_with_workers(tmp_path, images, tok_run):
     assert len(list((tmp_path / "w2" / "train").glob("shard-*.npy"))) == 4  # one token shard per tar shard
 
 
+
+def test_encode_reads_pipe_streams_and_patterns_joined_by_double_colons(tmp_path, images, tok_run):
+    """docs/data.md: a shard may be a ``pipe:`` command, and several patterns join with ``::``; both give
+    the grids, labels and captions of the same shards named by one brace pattern."""
+    spec = _wds(tmp_path, images, shards=3)  # wds:DIR/part-{000..002}.tar
+    d = tmp_path / "shards"
+    codec = _codec(tok_run)
+    encode_dataset(codec, spec, tmp_path / "braces", progress=False)
+    joined = f"wds:{d}/part-{{000..001}}.tar::{d}/part-002.tar"
+    assert encode_dataset(codec, joined, tmp_path / "joined", progress=False) == {"train": N}
+    assert _same(_read(tmp_path / "braces"), _read(tmp_path / "joined"))
+    lz = load_images(joined, resolution=16, channels=1, lazy=True)  # training indexes the same three shards
+    assert len(lz) == N and torch.equal(lz.labels, images.labels) and lz.captions[N - 1] == f"caption {N - 1}"
+    piped = f"wds:pipe:cat {d}/part-000.tar::pipe:cat {d}/part-{{001..002}}.tar"
+    assert encode_dataset(codec, piped, tmp_path / "piped", progress=False, workers=2) == {"train": N}
+    assert _same(_read(tmp_path / "braces"), _read(tmp_path / "piped"))
+    assert len(list((tmp_path / "piped" / "train").glob("shard-*.npy"))) == 3  # still one token shard per tar
+
+
 def test_encode_under_two_gloo_ranks_merges_into_the_single_process_result(tmp_path, images, tok_run):
     spec = _wds(tmp_path, images, shards=3)
     codec = _codec(tok_run)
@@ -276,6 +296,28 @@ def test_encode_under_two_gloo_ranks_merges_into_the_single_process_result(tmp_p
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("encoded {'train': 24}") == 1 and "(2 ranks)" in res.stdout
+    assert _same(_read(tmp_path / "one"), _read(tmp_path / "two"))
+
+
+
+def _encode_two_ranks(tmp_path, spec: str, tok_run, out: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vqgen.cli",
+           "encode", "--tokenizer", str(tok_run), "--data", spec, "--out", str(tmp_path / out), "--no-progress",
+           "--workers", "0"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+
+
+def test_two_ranks_that_skip_different_things_sum_their_counts(tmp_path, images, tok_run):
+    """Rank 0 (tar shards 0 and 2) meets an undecodable image in shard 0; rank 1 (shard 1) meets none:
+    the counts of the ranks differ in their keys, and rank 0 reports their sum."""
+    spec = _wds(tmp_path, images, shards=3, bad=2)
+    with pytest.warns(UserWarning, match="skipped while encoding: 1 unreadable"):
+        encode_dataset(_codec(tok_run), spec, tmp_path / "one", progress=False)
+    res = _encode_two_ranks(tmp_path, spec, tok_run, "two")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count(f"encoded {{'train': {N - 1}}}") == 1 and "(2 ranks)" in res.stdout
+    assert res.stderr.count("skipped while encoding: 1 unreadable") == 1  # rank 0 reports for both
     assert _same(_read(tmp_path / "one"), _read(tmp_path / "two"))
 
 

@@ -502,6 +502,40 @@ def test_an_interrupted_classifier_run_resumes_exactly(tmp_path, monkeypatch):
             == (tmp_path / "whole" / "model.safetensors").read_bytes())
 
 
+
+def _as_earlier_judge_loop(last: Path, step: int | None = None) -> None:
+    """Rewrite a judge checkpoint as the earlier loop saved it: its epoch state held the shuffling
+    generator, the epoch's order and the running sums as a list (``_EpochProgress`` before b872396)."""
+    state = read_checkpoint(last)
+    state["epochs"] = {"generator": torch.Generator().manual_seed(0).get_state(), "order": torch.randperm(60),
+                       "sums": [12.5, 30, 48], "history": state["epochs"]["history"]}
+    if step is not None:
+        state["step"] = step
+    state["sha256"] = state_digest(state)
+    torch.save(state, last)
+
+
+def test_a_judge_run_of_the_earlier_loop_is_found_finished_or_refused_in_one_line(tmp_path, capsys):
+    from test_judge import synthetic_dataset, tiny_config
+    train, test = synthetic_dataset(20, seed=0), synthetic_dataset(10, seed=1)
+    cfg = tiny_config(batch_size=24)  # 60 images: 2 steps an epoch, 6 in all
+    run = tmp_path / "judge"
+    first = classifier_train.train_classifier(cfg, None, run, progress=False, train_data=train, test_data=test)
+    last = run / "checkpoints" / "last.pt"
+    _as_earlier_judge_loop(last)
+    # Finished (its metrics.json written): found finished, its state never read.
+    again = classifier_train.train_classifier(cfg, None, run, progress=True, train_data=train, test_data=test)
+    assert again == first and "already trained to step 6" in capsys.readouterr().out
+    # Unfinished: the earlier loop's state cannot be resumed; one line saying what to do, not an AttributeError.
+    _as_earlier_judge_loop(last, step=3)
+    with pytest.raises(CheckpointError, match=r"made by the earlier judge loop .*; train into a new --out$"):
+        classifier_train.train_classifier(cfg, None, run, progress=False, train_data=train, test_data=test)
+    (run / "metrics.json").unlink()
+    _as_earlier_judge_loop(last, step=6)  # trained to the end, killed before its metrics were written
+    with pytest.raises(CheckpointError, match="made by the earlier judge loop"):
+        classifier_train.train_classifier(cfg, None, run, progress=False, train_data=train, test_data=test)
+
+
 def test_a_caption_tokenizer_beside_the_weights_is_checked_against_them(tmp_path):
     from vqgen.errors import WeightsError
     from vqgen.rerank.clip import ClipModel

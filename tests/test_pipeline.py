@@ -9,9 +9,10 @@ from PIL import Image
 from conftest import synthetic_images
 from test_tokenizer import write_folder
 from vqgen.cli import main
+from vqgen.data.encode import encode_dataset
 from vqgen.data.tokens import TokenWriter, load_tokens, token_dtype
 from vqgen.errors import ConfigError, DataError
-from vqgen.prior.codec import PaletteCodec, TokenizerCodec, encode_dataset, load_codec
+from vqgen.prior.codec import PaletteCodec, TokenizerCodec, load_codec
 from vqgen.prior.pixels import fit_palette
 from vqgen.tokenizer.vqgan import VQTokenizer
 from vqgen.train.prior import PRIOR_PRESETS, PriorTrainConfig, train_prior
@@ -144,6 +145,21 @@ def test_pixel_codec_roundtrip_and_encode(tmp_path):
     codec = load_codec(tmp_path / "px")
     imgs = codec.decode(toks.tokens[:2])
     assert imgs.shape == (2, 1, 16, 16) and imgs.dtype == torch.uint8
+
+
+
+def test_models_import_no_encoder_of_datasets_no_training_and_no_cli():
+    """Arrows point one way (DESIGN.md): the codecs and the models are imported without
+    ``vqgen.data.encode`` (the CLI calls it), the training loops or the CLI."""
+    import subprocess
+    import sys
+    code = ("import sys, vqgen.prior.codec, vqgen.prior.gpt, vqgen.text.dalle, vqgen.rerank.clip, "
+            "vqgen.rerank.clip_guided, vqgen.tokenizer.vqgan; "
+            "print(sorted(m for m in sys.modules if m == 'vqgen.data.encode' or m.startswith(('vqgen.train', "
+            "'vqgen.cli', 'vqgen.eval'))))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "[]"
 
 
 def test_encode_needs_exactly_one_codec(tmp_path, capsys):

@@ -257,7 +257,8 @@ def test_eval_prior_uses_the_recorded_guidance_when_given_none(tmp_path, monkeyp
     from test_data import make_fmnist
     from vqgen.eval import prior as eval_prior
     from vqgen.eval.judge import JudgeClassifier, JudgeConfig
-    from vqgen.prior.codec import TokenizerCodec, encode_dataset
+    from vqgen.data.encode import encode_dataset
+    from vqgen.prior.codec import TokenizerCodec
     from vqgen.prior.generate import load_prior_run
     from vqgen.tokenizer.vqgan import VQTokenizer
     from vqgen.config import apply_overrides

@@ -53,20 +53,12 @@ def _workers(n: int) -> int:
     return n
 
 
-def _ranks() -> tuple[int, int]:
-    """(rank, world) under torchrun (RANK / WORLD_SIZE), with a gloo process group for the barriers of
-    several ranks; (0, 1) alone. Gloo on GPUs too: encode only synchronises, it never all-reduces tensors."""
-    import os
-
-    import torch.distributed as dist
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return rank, world
-
-
 def cmd_encode(args: argparse.Namespace) -> None:
-    from ..prior.codec import PaletteCodec, TokenizerCodec, encode_dataset
+    from pathlib import Path
+
+    from ..data.encode import encode_dataset
+    from ..prior.codec import PALETTE_FILE, PaletteCodec, TokenizerCodec
+    from ..train.common import setup_distributed
     if (args.tokenizer is None) == (args.pixels is None):
         raise ConfigError("give exactly one of --tokenizer RUN_DIR or --pixels K")
     workers = _workers(args.workers)
@@ -78,14 +70,20 @@ def cmd_encode(args: argparse.Namespace) -> None:
         from ..prior.pixels import fit_palette
         train = load_images(args.data, "train", args.resolution, args.channels, progress=not args.no_progress)
         codec = PaletteCodec(fit_palette(train.images, args.pixels, seed=0), args.resolution)
-    rank, world = _ranks()
-    counts = encode_dataset(codec, args.data, args.out, batch_size=args.batch_size, progress=not args.no_progress,
-                            workers=workers, rank=rank, world=world)
-    if world > 1:
+    # Gloo on GPUs too: the codec runs on the CPU, and encoding only gathers counts and waits at barriers.
+    d = setup_distributed("cpu")
+    out = Path(args.out)
+    if isinstance(codec, PaletteCodec) and d.is_main and not (out / PALETTE_FILE).exists():
+        from ..prior.pixels import save_palette
+        out.mkdir(parents=True, exist_ok=True)
+        save_palette(codec.palette, out / PALETTE_FILE)  # the token directory names it (load_codec)
+    counts = encode_dataset(codec, args.data, out, batch_size=args.batch_size, progress=not args.no_progress,
+                            workers=workers, rank=d.rank, world=d.world)
+    if d.world > 1:
         import torch.distributed as dist
         dist.destroy_process_group()
-    if rank == 0:
-        print(f"encoded {counts} into {args.out}" + (f" ({world} ranks)" if world > 1 else ""))
+    if d.is_main:
+        print(f"encoded {counts} into {args.out}" + (f" ({d.world} ranks)" if d.world > 1 else ""))
 
 
 def register(sub, train, evaluate) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .lazy import LazyImageDataset, fetch, fix_mmap_threshold
+from .lazy import LazyImageDataset, _as_is, fetch, fix_mmap_threshold
 from .tokens import TokenWriter
 
 
@@ -62,13 +62,18 @@ def _barrier(world: int) -> None:
 
 
 def _all_sum(counts: dict, world: int) -> dict:
-    """Sum a {reason: count} mapping over ranks (rank 0 reports for everyone)."""
+    """Sum a {reason: count} mapping over ranks (rank 0 reports for everyone). Each rank meets its own
+    reasons (a bad file in one rank's shards only), so the mappings are gathered whole, not all-reduced
+    as tensors whose length and order would differ from rank to rank."""
     if world == 1:
         return counts
-    keys = sorted(counts)
-    t = torch.tensor([counts[k] for k in keys], dtype=torch.int64)  # (K,)
-    dist.all_reduce(t)
-    return dict(zip(keys, t.tolist()))
+    every: list[dict | None] = [None] * world
+    dist.all_gather_object(every, counts)
+    total: dict[str, int] = {}
+    for got in every:
+        for k, v in (got or {}).items():
+            total[k] = total.get(k, 0) + v
+    return total
 
 
 def encode_split(codec: Codec, data, out: str | Path, split: str, meta: dict, batch_size: int = 256,
@@ -176,10 +181,6 @@ class _Ranges(torch.utils.data.Dataset):
         return Part(s, images, labels, captions, last, skipped, first)
 
 
-def _as_is(x):
-    return x
-
-
 # --- wds streams ----------------------------------------------------------------------------------
 
 @dataclass
@@ -263,7 +264,8 @@ def encode_dataset(codec: Codec, spec: str, out: str | Path, splits: list[str] |
                    world: int = 1) -> dict:
     """Encode every split of ``spec`` into token shards under ``out`` (finished shards are skipped);
     returns {split: grids}. Under torch.distributed every rank calls it with its ``rank`` / ``world``.
-    ``workers``: DataLoader processes per rank decoding a lazy dataset or streaming wds shards."""
+    ``workers``: DataLoader processes per rank decoding a lazy dataset or streaming wds shards. What the
+    codec's ``meta()`` names beside the shards (a palette file) is the caller's to write (``vqgen encode``)."""
     from . import load_images, parse_spec, splits_of
     kind, path = parse_spec(spec)
     counts = {}

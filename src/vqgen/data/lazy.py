@@ -6,7 +6,8 @@ Where the switch is: ``load_images(..., lazy=None)`` keeps a dataset in memory w
 (N × C × R × R bytes) fit in ``IN_MEMORY_MAX_BYTES`` (1 GiB: Fashion-MNIST at 32 px is 61 MB, 10 000
 RGB images at 64 px 123 MB) and reads it lazily above. Why: in memory, a batch is one tensor gather
 (microseconds) and every file is decoded once for the whole run; lazily, every step decodes its batch
-again (about a millisecond an image), which DataLoader workers hide only when there are enough cores.
+again (``benchmarks/data.py`` measures the cost), which DataLoader workers hide only when there are
+enough cores.
 Past 1 GiB the memory (ImageNet at 256 px: ~250 GB) matters more than the decoding.
 
 What stays O(N) in a lazy dataset is metadata only: the file names and captions as two numpy arrays

@@ -1,5 +1,6 @@
 """Codecs turn images into token grids and back: a frozen VQ tokenizer, or a pixel palette (the
-Image GPT baseline). ``encode_dataset`` writes a dataset's token shards once (``vqgen encode``)."""
+Image GPT baseline). ``vqgen.data.encode.encode_dataset`` writes a dataset's token shards with one
+(``vqgen encode``, which also saves a palette as ``PALETTE_FILE`` beside the shards)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,7 +9,6 @@ from pathlib import Path
 import torch
 
 from ..config import config_hash
-from ..data.encode import encode_dataset as encode_data
 from ..data.tokens import read_meta
 from ..errors import DataError
 from ..hub import read_payload
@@ -94,13 +94,3 @@ def load_codec(tokens_dir: str | Path) -> Codec:
                         "tokenizer back, or encode again with this one into a new --out")
     return TokenizerCodec(model, c["path"])
 
-
-def encode_dataset(codec: Codec, spec: str, out: str | Path, splits: list[str] | None = None,
-                   batch_size: int = 256, shard_size: int = 10_000, progress: bool = True, workers: int = 0,
-                   rank: int = 0, world: int = 1) -> dict:
-    """Encode every split of ``spec`` into token shards under ``out``; finished shards are skipped.
-    Across ranks and DataLoader workers: ``vqgen.data.encode``."""
-    if isinstance(codec, PaletteCodec) and rank == 0 and not (Path(out) / PALETTE_FILE).exists():
-        Path(out).mkdir(parents=True, exist_ok=True)
-        pixels.save_palette(codec.palette, Path(out) / PALETTE_FILE)
-    return encode_data(codec, spec, out, splits, batch_size, shard_size, progress, workers, rank, world)
