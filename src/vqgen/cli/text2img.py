@@ -200,7 +200,7 @@ def register(sub, train, evaluate) -> None:
     p.add_argument("--lr", type=float, help="Adam step size in the codebook's space (clip-guided)")
     p.add_argument("--cutouts", type=int, help="random crops scored per picture and step (clip-guided)")
     p.add_argument("--init", metavar="noise|tokens|IMAGE", help="start from noise, random tokens or a picture's "
-                   "latents (clip-guided; default noise)")
+                   "latents (clip-guided; default tokens)")
     p.add_argument("--snapshot-every", type=int, metavar="M", help="also save the pictures every M steps as "
                    "OUT-stepNNNN.png (clip-guided)")
     p.add_argument("--n", type=int, default=16, help="candidates to sample, or pictures to optimise")

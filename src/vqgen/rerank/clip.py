@@ -215,6 +215,18 @@ def _check_score_args(images: torch.Tensor, captions: list[str]) -> None:
         raise ConfigError(f"CLIP scoring takes one caption per image: {images.shape[0]} images, {n} captions")
 
 
+def clip_score(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+    """L2-normalised (B, D) image and text embeddings → (B,) CLIP scores, 100 × the cosine of row i with
+    row i (Hessel et al. 2021, https://arxiv.org/abs/2104.08718)."""
+    return 100.0 * (image_embeds * text_embeds).sum(-1)  # (B,)
+
+
+def similarity(scorer, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+    """Float images in [-1, 1] (B, C, H, W) and B captions → (B,) CLIP scores, with gradients: the
+    ``similarity`` method of both scorers (anything with ``embed_images`` and ``embed_text``)."""
+    return clip_score(scorer.embed_images(images), scorer.embed_text(captions))  # (B,)
+
+
 class OwnClipScorer:
     """CLIP scores from this project's :class:`ClipModel` and its BPE caption tokenizer."""
 
@@ -244,9 +256,7 @@ class OwnClipScorer:
         with _eval(self.model):
             return self.model.encode_text(ids.to(next(self.model.parameters()).device))  # (B, D)
 
-    def similarity(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
-        """Float images in [-1, 1] (B, C, H, W) and B captions → (B,) 100 × cosine, with gradients."""
-        return 100.0 * (self.embed_images(images) * self.embed_text(captions)).sum(-1)  # (B,)
+    similarity = similarity  # the module function above, as a method (one definition for both scorers)
 
     @torch.inference_mode()
     def score(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
@@ -326,15 +336,13 @@ class HFClipScorer:
                                            attention_mask=text["attention_mask"].to(device))
         return F.normalize(_features(out).float(), dim=-1)  # (B, D)
 
-    def similarity(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
-        """Float images in [-1, 1] (B, C, H, W) and B captions → (B,) 100 × cosine, with gradients."""
-        return 100.0 * (self.embed_images(images) * self.embed_text(captions)).sum(-1)  # (B,)
+    similarity = similarity  # the module function above, as a method (one definition for both scorers)
 
     @torch.inference_mode()
     def score(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
         _check_score_args(images, captions)
         img = self._embed_pixels(self.pixel_values(images))  # (B, D)
-        return 100.0 * (img * self.embed_text(captions)).sum(-1).cpu()  # (B,)
+        return clip_score(img, self.embed_text(captions)).cpu()  # (B,)
 
 
 def _features(out) -> torch.Tensor:

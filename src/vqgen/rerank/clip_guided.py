@@ -36,7 +36,7 @@ from ..errors import ConfigError
 from ..images import load_picture, to_model_range, to_uint8
 from ..tokenizer.quantizer import VectorQuantizer
 from ..tokenizer.vqgan import VQTokenizer
-from .clip import OwnClipScorer, HFClipScorer
+from .clip import HFClipScorer, OwnClipScorer, clip_score
 
 INITS = ("noise", "tokens")  # or the path of an image file
 
@@ -49,7 +49,7 @@ class ClipGuidedConfig:
     lr: float = 0.1  # Adam's step size, in units of the codebook's lookup space
     cutouts: int = 8  # random crops scored per picture and step
     crop_min: float = 0.75  # smallest crop side, as a fraction of the picture's side
-    init: str = "noise"  # "noise" (Gaussian with the codebook's per-dimension statistics), "tokens" (uniformly
+    init: str = "tokens"  # "noise" (Gaussian with the codebook's per-dimension statistics), "tokens" (uniformly
     #                      random codes) or the path of an image file (its encoder latents)
     snapshot_every: int = 0  # keep the pictures every this many steps (0: none)
     seed: int = 0
@@ -159,7 +159,7 @@ def _optimise(tokenizer: VQTokenizer, quantizer: VectorQuantizer, scorer, captio
 
 def _score(scorer, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     """CLIP scores (B,) of uint8 pictures against precomputed text embeddings: what ``scorer.score`` gives."""
-    return 100.0 * (scorer.embed_images(to_model_range(images)) * text).sum(-1)
+    return clip_score(scorer.embed_images(to_model_range(images)), text)  # (B,)
 
 
 def _init(tokenizer: VQTokenizer, quantizer: VectorQuantizer, codebook: torch.Tensor, init: str, b: int,
