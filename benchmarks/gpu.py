@@ -3,6 +3,7 @@
     python benchmarks/gpu.py --json [--out FILE]      # needs CUDA: refuses clearly without it
     python benchmarks/gpu.py --sizes [--json]         # parameter counts and memory estimates (CPU; docs/gpu.md)
     python benchmarks/gpu.py --smoke --json [--out FILE]   # the same code path at tiny sizes on the CPU
+    torchrun --standalone --nproc_per_node=N benchmarks/gpu.py --fsdp --json   # transformers sharded (loop.fsdp)
 
 For each preset — taming's ImageNet f16 VQGAN with 1024 and 16384 codes (``imagenet-f16``,
 ``imagenet-f16-16384``), the ~0.3 B class-conditional prior (``imagenet-cin-300m``) and the DALL·E-mini-sized
@@ -20,6 +21,13 @@ the activations autograd saves for one sample, measured by tracing one training 
 runs in fp32 and takes the math attention path, which keeps the T×T attention weights that flash
 attention does not, so the activation term is an upper bound (bf16 halves most saved tensors).
 Allocator fragmentation and CUDA workspaces are not in it.
+
+``--fsdp``: the transformer presets only (prior, text2img), each model sharded as ``loop.fsdp`` shards it
+(``train.prior.shard_prior``, ``train.text2img.shard_text2img``: FSDP2 over the ranks) before its
+optimiser is built. Under ``torchrun`` with N GPUs every rank runs the same per-GPU batch and rank 0
+reports its own speed and peak memory (per GPU); one process makes a process group of one rank, so the
+sharded code path runs (its overhead) while memory stays that of one whole copy. No memory estimate is
+printed beside the measured peak under ``--fsdp`` (the estimate is for unsharded training).
 """
 from __future__ import annotations
 
@@ -31,6 +39,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_result  # noqa: E402
@@ -41,9 +50,10 @@ from vqgen.text.dalle import TextToImage  # noqa: E402
 from vqgen.tokenizer.discriminator import PatchDiscriminator  # noqa: E402
 from vqgen.tokenizer.losses import adaptive_weight, generator_adv_loss, hinge_d_loss, reconstruction_loss  # noqa: E402
 from vqgen.tokenizer.vqgan import VQTokenizer  # noqa: E402
-from vqgen.train.common import autocast, enable_tf32, make_optimizer, optimizer_step  # noqa: E402
-from vqgen.train.prior import PRIOR_PRESETS  # noqa: E402
-from vqgen.train.text2img import TEXT2IMG_PRESETS  # noqa: E402
+from vqgen.train.common import (Dist, autocast, enable_tf32, make_optimizer, optimizer_step,  # noqa: E402
+                                setup_distributed)
+from vqgen.train.prior import PRIOR_PRESETS, shard_prior  # noqa: E402
+from vqgen.train.text2img import TEXT2IMG_PRESETS, shard_text2img  # noqa: E402
 from vqgen.train.tokenizer import TOKENIZER_PRESETS  # noqa: E402
 
 GPU_PRESETS = [("tokenizer", "imagenet-f16"), ("tokenizer", "imagenet-f16-16384"), ("prior", "imagenet-cin-300m"),
@@ -116,10 +126,13 @@ def tokenizer_job(cfg, batch: int, device: torch.device) -> Job:
     return Job(params, batch, "images", step)
 
 
-def prior_job(cfg, batch: int, device: torch.device) -> Job:
-    """``optimizer_step`` over the prior's loss, as train/prior.py calls it."""
+def prior_job(cfg, batch: int, device: torch.device, sharded: Dist | None = None) -> Job:
+    """``optimizer_step`` over the prior's loss, as train/prior.py calls it (sharded over ``sharded``'s
+    ranks as ``loop.fsdp`` shards it, when given)."""
     mc = cfg.model
     model = GPTPrior(mc).to(device)
+    if sharded is not None:
+        shard_prior(model, sharded)
     opt, sched = make_optimizer(model.parameters(), cfg.optim, cfg.loop.max_steps)
     g = torch.Generator(device=device).manual_seed(0)
     toks = torch.randint(0, mc.vocab_size, (batch, mc.seq_len), device=device, generator=g)  # (B, HW)
@@ -133,10 +146,13 @@ def prior_job(cfg, batch: int, device: torch.device) -> Job:
     return Job(sum(p.numel() for p in model.parameters() if p.requires_grad), batch * mc.seq_len, "tokens", step)
 
 
-def text2img_job(cfg, batch: int, device: torch.device) -> Job:
-    """``optimizer_step`` over the text-to-image loss (full-length captions), as train/text2img.py calls it."""
+def text2img_job(cfg, batch: int, device: torch.device, sharded: Dist | None = None) -> Job:
+    """``optimizer_step`` over the text-to-image loss (full-length captions), as train/text2img.py calls it
+    (sharded over ``sharded``'s ranks as ``loop.fsdp`` shards it, when given)."""
     mc = cfg.model
     model = TextToImage(mc).to(device)
+    if sharded is not None:
+        shard_text2img(model, sharded)
     opt, sched = make_optimizer(model.parameters(), cfg.optim, cfg.loop.max_steps)
     g = torch.Generator(device=device).manual_seed(0)
     ids = torch.randint(3, mc.text_vocab_size, (batch, mc.max_text_len), device=device, generator=g)  # (B, L)
@@ -168,13 +184,14 @@ def step_flops(job: Job) -> float:
     return float(counter.get_total_flops())
 
 
-def measure(kind: str, name: str, batch: int, device: torch.device, peak: float | None, estimate: dict | None) -> dict:
+def measure(kind: str, name: str, batch: int, device: torch.device, peak: float | None, estimate: dict | None,
+            sharded: Dist | None = None) -> dict:
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(0)
-    job = JOBS[kind](train_config(kind, name), batch, device)
+    job = JOBS[kind](train_config(kind, name), batch, device, *([sharded] if sharded else []))
     for _ in range(WARMUP):
         loss = job.step()
     flops = step_flops(job)
@@ -307,6 +324,8 @@ def main() -> int:
     ap.add_argument("--out", help="where to write the JSON (default benchmarks/results/gpu.json)")
     ap.add_argument("--sizes", action="store_true", help="parameter counts and memory estimates only (no GPU)")
     ap.add_argument("--smoke", action="store_true", help="tiny presets on the CPU: checks the code, measures nothing")
+    ap.add_argument("--fsdp", action="store_true", help="the transformer presets sharded with FSDP as loop.fsdp shards "
+                    "them, over the ranks of torchrun (one rank without it)")
     args = ap.parse_args()
     if args.smoke or args.sizes:  # CPU work on a shared machine: one thread
         torch.set_num_threads(1)
@@ -323,21 +342,34 @@ def main() -> int:
               "False); --sizes gives parameter counts and memory estimates without one", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    device = torch.device("cpu") if args.smoke else torch.device("cuda")
+    d = setup_distributed("cpu" if args.smoke else "cuda")  # torchrun's ranks, if any (TF32 on CUDA)
+    device = d.device
     if device.type == "cuda":
         enable_tf32()
+    sharded = None
+    if args.fsdp:
+        if not dist.is_initialized():  # one process: a group of one rank, so that fully_shard runs
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(), rank=0,
+                                    world_size=1)
+        sharded = d
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (smoke test)"
     peak = card_peak_tflops(name)
-    presets = SMOKE_PRESETS if args.smoke else GPU_PRESETS
+    presets = [(k, p) for k, p in (SMOKE_PRESETS if args.smoke else GPU_PRESETS) if not args.fsdp or k != "tokenizer"]
     results = []
     for kind, preset in presets:
-        estimate = preset_size(kind, preset)
-        results.append(measure(kind, preset, SMOKE_BATCH if args.smoke else BATCH[kind], device, peak, estimate))
-        print(f"{kind} {preset}: {results[-1]}", file=sys.stderr, flush=True)
+        estimate = None if args.fsdp else preset_size(kind, preset)
+        results.append(measure(kind, preset, SMOKE_BATCH if args.smoke else BATCH[kind], device, peak, estimate,
+                               sharded))
+        if d.is_main:
+            print(f"{kind} {preset}: {results[-1]}", file=sys.stderr, flush=True)
     result = {"device": name, "peak_bf16_tflops": peak, "precision": "bf16 autocast, TF32 matmuls, fused AdamW"
               if device.type == "cuda" else "fp32 (CPU smoke test)", "warmup_steps": WARMUP, "timed_steps": STEPS,
-              "results": results, "seconds": round(time.perf_counter() - started, 1), "machine": machine()}
-    write_result("gpu_smoke" if args.smoke else "gpu", result, args.out)
+              "fsdp": args.fsdp, "world_size": d.world, "results": results,
+              "seconds": round(time.perf_counter() - started, 1), "machine": machine()}
+    if d.is_main:  # per GPU: rank 0's speed and memory
+        write_result(("gpu_smoke" if args.smoke else "gpu") + ("_fsdp" if args.fsdp else ""), result, args.out)
+    if dist.is_initialized():
+        dist.destroy_process_group()
     return 0
 
 

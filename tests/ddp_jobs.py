@@ -16,6 +16,15 @@ its final model state (codebook, EMA statistics and all). Jobs:
 * ``classifier``: the tiny judge classifier on three synthetic patterns, with flips and crops (drawn for
   the global batch, then sliced).
 * ``shapes-judge``: the tiny shapes judge on its own renders.
+* ``prior-fsdp``: the ``prior`` job sharded with FSDP (``loop.fsdp``), a checkpoint every 6 steps;
+  ``prior-fsdp-resume`` the same into ``OUT/prior-fsdp-resume-{W}`` and ``prior-resume`` the same without
+  FSDP into ``OUT/prior-resume-{W}`` (tests/test_fsdp.py puts a checkpoint there to resume from);
+  ``prior-fsdp-compile`` sharded and ``loop.compile`` (dynamo's eager backend: inductor would compile
+  C++ for minutes on a CPU).
+* ``text2img-fsdp`` / ``text2img``: the tiny text-to-image model (no caption dropout) on the captioned
+  tokens in ``OUT/t2i-tokens`` (tests/test_fsdp.py writes them), with and without FSDP;
+  ``text2img-bart-fsdp`` sharded with the frozen pretrained encoder saved in ``OUT/bart``.
+Under FSDP, ranks other than 0 hold shards, not a model: they write their losses only.
 """
 from __future__ import annotations
 
@@ -35,7 +44,9 @@ from vqgen.eval.shapes_judge import ShapesJudge  # noqa: E402
 from vqgen.train import classifier as classifier_train  # noqa: E402
 from vqgen.train import prior as prior_train  # noqa: E402
 from vqgen.train import shapes_judge as shapes_judge_train  # noqa: E402
+from vqgen.train import text2img as text2img_train  # noqa: E402
 from vqgen.train import tokenizer as tokenizer_train  # noqa: E402
+from vqgen.train.common import is_sharded  # noqa: E402
 
 STEPS = 12
 
@@ -70,11 +81,26 @@ def run(job: str, out: Path) -> None:
         recording(tokenizer_train, losses)
         model = tokenizer_train.train_tokenizer(cfg, out / f"{job}-{world}", train_data=synthetic_images(64),
                                                 progress=False)
-    elif job == "prior":
+    elif job == "prior" or job.startswith("prior-"):
+        fsdp = ["loop.save_every=6", f"loop.fsdp={str(job != 'prior-resume').lower()}"] if job != "prior" else []
+        real = torch.compile
+        if job == "prior-fsdp-compile":
+            fsdp.append("loop.compile=true")
+            torch.compile = lambda module, **kwargs: real(module, backend="eager", **kwargs)
         cfg = apply_overrides(prior_train.PRIOR_PRESETS["tiny"](), loop + [
-            "model.vocab_size=32", "model.num_classes=3", "model.cond_drop_prob=0"])
+            "model.vocab_size=32", "model.num_classes=3", "model.cond_drop_prob=0"] + fsdp)
         recording(prior_train, losses)
-        model, _ = prior_train.train_prior(cfg, out / f"{job}-{world}", train_data=token_dataset(), progress=False)
+        try:
+            model, _ = prior_train.train_prior(cfg, out / f"{job}-{world}", train_data=token_dataset(), progress=False)
+        finally:
+            torch.compile = real
+    elif job.startswith("text2img"):
+        cfg = apply_overrides(text2img_train.TEXT2IMG_PRESETS["tiny"](), loop + [
+            f"tokens={out / 't2i-tokens'}", "model.caption_drop_prob=0", "model.guidance_scale=1",
+            f"loop.fsdp={str(job.endswith('-fsdp')).lower()}"] + (
+            [f"text_encoder_path={out / 'bart'}", "model.freeze_text_encoder=true"] if "bart" in job else []))
+        recording(text2img_train, losses)
+        model, _, _ = text2img_train.train_text2img(cfg, out / f"{job}-{world}", progress=False)
     elif job == "classifier":
         from test_judge import synthetic_dataset, tiny_config
         cfg = tiny_config(batch_size=16, augment=True, crop_padding=2, epochs=2)
@@ -89,7 +115,7 @@ def run(job: str, out: Path) -> None:
         model = ShapesJudge.from_pretrained(out / f"{job}-{world}") if rank == 0 else None
     else:
         raise SystemExit(f"unknown job {job!r}")
-    if model is None:  # only rank 0 exports the judges
+    if model is None or is_sharded(model):  # only rank 0 exports the judges, or holds a sharded model whole
         torch.save({"losses": losses, "state": {}}, out / f"{job}.world{world}.rank{rank}.pt")
         return
     torch.save({"losses": losses, "state": model.state_dict()}, out / f"{job}.world{world}.rank{rank}.pt")

@@ -450,6 +450,9 @@ def test_sampling_defaults_and_fields_added_since_may_differ_on_resume(made, tmp
     assert RunDir(tmp_path / "r", cfg)._check_config(older, to_dict(cfg)) is None
     with pytest.raises(ConfigError, match=r"differs at \['optim.lr'\]"):
         RunDir(tmp_path / "r", cfg)._check_config(older, to_dict(apply_overrides(cfg, ["optim.lr=0.5"])))
+    # How the computation is laid out may change too (e.g. checkpointing after an out-of-memory error).
+    laid_out = apply_overrides(cfg, ["loop.compile=true", "model.activation_checkpointing=true", "loop.fsdp=true"])
+    assert RunDir(tmp_path / "r", cfg)._check_config(to_dict(cfg), to_dict(laid_out)) is None
 
 
 # --- what vqgen writes follows the umask --------------------------------------------------------------

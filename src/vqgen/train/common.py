@@ -10,6 +10,12 @@ Distribution: launched by ``torchrun`` (which sets RANK / WORLD_SIZE / LOCAL_RAN
 an equal slice of the global batch and gradients are averaged by DistributedDataParallel
 (:func:`distribute`); rank 0 writes the checkpoints and every rank resumes from them.
 
+Sharding (``loop.fsdp``, prior and text2img): each transformer block and the root module are
+sharded over the ranks with FSDP2 (:func:`shard`) instead of replicated by DDP; checkpoints stay full
+state dicts written by rank 0, the same as DDP's, gathered and scattered through
+``torch.distributed.checkpoint.state_dict`` (:func:`checkpoint_parts`, :func:`gather_parts`), so a run
+resumes with or without sharding.
+
 GPUs: bf16 autocast (:func:`autocast`), TF32 matmuls (:func:`setup_distributed`), fused AdamW
 (:func:`make_optimizer`) on CUDA, and ``loop.compile`` (``torch.compile``) anywhere.
 
@@ -25,6 +31,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -67,6 +74,7 @@ class LoopConfig:
     image_every: int = 500      # TensorBoard image grids
     device: str = "auto"        # auto | cpu | cuda
     compile: bool = False       # torch.compile what the loop calls (https://pytorch.org/docs/stable/torch.compiler.html)
+    fsdp: bool = False          # shard blocks and root over the ranks with FSDP2 (prior, text2img; no-op on one rank)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.grad_accum < 1 or self.max_steps < 1 or self.save_every < 1:
@@ -153,11 +161,148 @@ def enable_tf32() -> None:
 def distribute(module: torch.nn.Module, d: Dist, compile: bool = False) -> torch.nn.Module:
     """What a loop calls in place of ``module``: wrapped in DistributedDataParallel among several ranks
     (gradients all-reduced during backward; run the whole loss inside it), then compiled with
-    ``torch.compile`` when asked (``loop.compile``). ``module`` itself is what checkpoints save."""
-    if d.world > 1:
+    ``torch.compile`` when asked (``loop.compile``). ``module`` itself is what checkpoints save. A
+    module holding parts sharded by :func:`shard` is not wrapped: FSDP reduces its gradients itself."""
+    if d.world > 1 and not is_sharded(module):
         from torch.nn.parallel import DistributedDataParallel as DDP
         module = DDP(module, device_ids=[d.device.index] if d.device.type == "cuda" else None)
     return torch.compile(module) if compile else module
+
+
+# --- sharded training (loop.fsdp) -------------------------------------------------------------------
+
+# Model kinds whose trainers shard with FSDP: the transformer stages.
+FSDP_KINDS = frozenset({"prior", "text2img"})
+_FULL = dict(full_state_dict=True, cpu_offload=True)  # whole tensors, on the CPU of rank 0 only
+
+
+def shard(model: torch.nn.Module, units: list[torch.nn.Module], d: Dist,
+          forward_methods: tuple[str, ...] = ()) -> None:
+    """Shard ``model`` over the ``d.world`` ranks in place with FSDP2 (``fully_shard``, Zhao et al. 2023,
+    https://arxiv.org/abs/2304.11277; https://pytorch.org/docs/stable/distributed.fsdp.fully_shard.html):
+    each of ``units`` — the transformer blocks, and a block's part that runs outside the block's forward
+    (listed before the block) — is one unit: its parameters are all-gathered just before its forward
+    and freed after it, again in backward; ``model`` is the root holding the rest (embeddings, final
+    norm, head). Each rank keeps 1/world of every parameter, gradient and optimiser moment; gradients are averaged
+    over the ranks (reduce-scatter), as DDP would. Build the optimiser afterwards: it must hold the
+    shards. ``forward_methods``: methods of ``model`` other than ``forward`` that run the network
+    (the prior's ``loss``), so that they gather the root's parameters too. Needs a process group
+    (``setup_distributed`` starts one among several ranks)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+    mesh = init_device_mesh(d.device.type, (d.world,))
+    for unit in units:
+        fully_shard(unit, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    for name in forward_methods:
+        register_fsdp_forward_method(model, name)
+
+
+def _fsdp_module() -> type | None:
+    """FSDP's module class, or None when FSDP was never imported — then nothing is sharded, and runs
+    without it do not pay the second its import takes."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    return fsdp.FSDPModule if fsdp is not None else None
+
+
+def is_sharded(module: torch.nn.Module) -> bool:
+    """Whether ``module`` or one of its submodules was sharded by :func:`shard`."""
+    fsdp_module = _fsdp_module()
+    return fsdp_module is not None and any(isinstance(m, fsdp_module) for m in module.modules())
+
+
+def reshard(model: torch.nn.Module) -> None:
+    """After a forward outside training (evaluation): FSDP's root keeps its parameters gathered after
+    forward (backward would need them at once), so they are put back into shards, which the next step
+    and the checkpoint's state dicts expect. Nothing to do for a model that is not sharded."""
+    fsdp_module = _fsdp_module()
+    if fsdp_module is not None and isinstance(model, fsdp_module):
+        model.reshard()
+
+
+def checkpoint_parts(model: torch.nn.Module, opt: torch.optim.Optimizer,
+                     sched: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
+    """The parts a loop gives ``RunDir.restore`` (and, through :func:`gather_parts`, ``RunDir.save``):
+    model, optimiser and schedule themselves — or, for a model sharded by :func:`shard`, stand-ins whose
+    ``load_state_dict`` takes the full state dicts of a checkpoint (what DDP and single-process runs
+    write) and gives every rank its shards. Loading is then a collective: every rank restores."""
+    if not is_sharded(model):
+        return {"model": model, "optimizer": opt, "scheduler": sched}
+    return {"model": _ShardedModel(model), "optimizer": _ShardedOptimizer(model, opt), "scheduler": sched}
+
+
+def gather_parts(parts: dict[str, Any], build: Callable[[], torch.nn.Module]) -> dict[str, Any]:
+    """What ``RunDir.save`` writes: ``parts`` themselves, or — sharded by :func:`shard` — the full model
+    and optimiser states gathered now (a collective: every rank calls it; rank 0 receives them, on the
+    CPU). On rank 0 the ``"model"`` is then a plain module made by ``build`` holding the whole trained
+    weights (what ``save_pretrained``, the model card and the trainer's result use); on the other ranks
+    it is the sharded model itself."""
+    if not isinstance(parts["model"], _ShardedModel):
+        return parts
+    state = parts["model"].state_dict()
+    held = {key: _Held(part.state_dict()) if isinstance(part, _ShardedOptimizer) else part
+            for key, part in parts.items()}
+    if not state:  # not rank 0: cpu_offload leaves the other ranks nothing
+        held["model"] = parts["model"].model
+        return held
+    with torch.random.fork_rng(devices=[]):  # a new module's initial weights must not move the training RNG
+        plain = build()
+    plain.load_state_dict(state)
+    held["model"] = plain
+    return held
+
+
+class _ShardedModel:
+    """A sharded model as a checkpoint part: full state dicts in and out
+    (``torch.distributed.checkpoint.state_dict``; collectives)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        return get_model_state_dict(self.model, options=StateDictOptions(**_FULL))
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        set_model_state_dict(self.model, state, options=StateDictOptions(full_state_dict=True))
+
+
+class _ShardedOptimizer:
+    """The optimiser of a sharded model as a checkpoint part. Its full state dict is the one
+    ``torch.optim`` itself writes — parameters numbered in the order of the parameter groups — so the
+    checkpoints of sharded and unsharded runs are the same; ``torch.distributed.checkpoint`` names the
+    parameters instead, and the two are translated here."""
+
+    def __init__(self, model: torch.nn.Module, opt: torch.optim.Optimizer):
+        self.model, self.opt = model, opt
+        names = {id(p): name for name, p in model.named_parameters()}
+        self.names = [names[id(p)] for group in opt.param_groups for p in group["params"]]  # index → name
+
+    def state_dict(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+        state = get_optimizer_state_dict(self.model, self.opt, options=StateDictOptions(**_FULL))
+        if not state:
+            return state
+        index = {name: i for i, name in enumerate(self.names)}
+        return {"state": {index[name]: value for name, value in state["state"].items()},
+                "param_groups": [{**g, "params": [index[name] for name in g["params"]]} for g in state["param_groups"]]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        named = {"state": {self.names[i]: value for i, value in state["state"].items()},
+                 "param_groups": [{**g, "params": [self.names[i] for i in g["params"]]} for g in state["param_groups"]]}
+        set_optimizer_state_dict(self.model, self.opt, named, options=StateDictOptions(full_state_dict=True))
+
+
+class _Held:
+    """A state dict gathered beforehand, as a checkpoint part."""
+
+    def __init__(self, state: dict[str, Any]):
+        self.state = state
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.state
 
 
 def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
@@ -247,6 +392,10 @@ LOCK_NAME = ".lock"
 # its model is exported with the new values (at the next save, or at once when the run is finished:
 # ``finished_metrics``).
 SAMPLING_DEFAULTS = frozenset({"model.guidance_scale", "model.temperature"})
+# Keys that say how the computation is laid out, not what is trained: checkpoints are the same with and
+# without them, so a run resumes when they change (say, continued with FSDP on more GPUs, or with
+# activation checkpointing after running out of memory).
+LAYOUT_KEYS = frozenset({"loop.fsdp", "loop.compile", "model.activation_checkpointing"})
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -322,7 +471,11 @@ class RunDir:
 
         RunInUse when another process trains into the directory; ConfigError when the run was made with
         another config — except a larger ``loop.max_steps``, which continues the run and says what changes
-        in the learning-rate schedule."""
+        in the learning-rate schedule, or when ``loop.fsdp`` is asked of a stage that does not shard."""
+        loop = getattr(self.cfg, "loop", None)
+        if getattr(loop, "fsdp", False) and self.kind not in FSDP_KINDS:
+            raise ConfigError(f"loop.fsdp shards the transformer stages ({', '.join(sorted(FSDP_KINDS))}), not a "
+                              f"{self.kind} run: drop loop.fsdp=true (DDP trains it on several ranks)")
         if is_main:
             self._acquire()
         try:
@@ -383,7 +536,8 @@ class RunDir:
                 raise
             data, problem = None, str(exc)
         else:
-            off = sorted(set(diff_keys(data, from_ckpt)) - SAMPLING_DEFAULTS) if from_ckpt is not None else []
+            free = SAMPLING_DEFAULTS | LAYOUT_KEYS
+            off = sorted(set(diff_keys(data, from_ckpt)) - free) if from_ckpt is not None else []
             problem = f"{self.config_file} differs from the run's checkpoint at {off}" if off not in ([], [
                 "loop.max_steps"]) else None
         if problem and is_main:
@@ -406,7 +560,7 @@ class RunDir:
             pass  # not a config of this kind: the key-by-key difference below names what differs
         changed = set(diff_keys(saved, now))
         self.sampling_changed = sorted(changed & SAMPLING_DEFAULTS)
-        diff = sorted(changed - SAMPLING_DEFAULTS)
+        diff = sorted(changed - SAMPLING_DEFAULTS - LAYOUT_KEYS)
         if not diff:
             return None
         if diff == ["loop.max_steps"]:

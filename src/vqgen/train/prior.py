@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -17,8 +18,9 @@ from ..prior.gpt import GPTPrior, PriorConfig
 from ..prior.likelihood import bits_per_token
 from ..prior.presets import PRESETS as MODEL_PRESETS
 from .cards import write_model_card
-from .common import (LoopConfig, OptimConfig, RunDir, batch_indices, check_finite, distribute, make_optimizer,
-                     optimizer_step, progress_bar, setup_distributed, summary_writer)
+from .common import (Dist, LoopConfig, OptimConfig, RunDir, batch_indices, check_finite, checkpoint_parts, distribute,
+                     gather_parts, is_sharded, make_optimizer, optimizer_step, progress_bar, reshard, setup_distributed,
+                     shard, summary_writer)
 
 
 @dataclass
@@ -41,7 +43,8 @@ def _check_match(cfg: PriorConfig, data: TokenDataset) -> None:
 def train_prior(cfg: PriorTrainConfig, out_dir: str | Path, tokens: str | None = None,
                 train_data: TokenDataset | None = None, test_data: TokenDataset | None = None,
                 progress: bool = True) -> tuple[GPTPrior, dict]:
-    """Train (or resume) a prior into ``out_dir``; returns (model on CPU, metrics)."""
+    """Train (or resume) a prior into ``out_dir``; returns (model on CPU, metrics). With ``loop.fsdp`` among
+    several ranks, rank 0 returns the whole model and the other ranks their shards of it."""
     if tokens:
         cfg.tokens = tokens
     run = RunDir(out_dir, cfg, kind="prior")
@@ -60,8 +63,10 @@ def train_prior(cfg: PriorTrainConfig, out_dir: str | Path, tokens: str | None =
 
     torch.manual_seed(loop.seed)
     model = GPTPrior(cfg.model).to(d.device)
+    if loop.fsdp and d.world > 1:  # before the optimiser, which must hold the shards
+        shard_prior(model, d)
     opt, sched = make_optimizer(model.parameters(), cfg.optim, loop.max_steps)
-    parts = {"model": model, "optimizer": opt, "scheduler": sched}
+    parts = checkpoint_parts(model, opt, sched)  # FSDP: full state dicts in and out, as DDP's
     start, clock = run.restore(ckpt, parts, announce=d.is_main)
     # DDP all-reduces gradients of what runs through its forward(): run the loss (with condition
     # dropout) inside it.
@@ -69,7 +74,11 @@ def train_prior(cfg: PriorTrainConfig, out_dir: str | Path, tokens: str | None =
     conditional = cfg.model.num_classes > 0
 
     def evaluate() -> dict:
-        return {"test_bits_per_token": bits_per_token(model, test_data.tokens, test_data.labels, device=d.device)} if test_data is not None else {}
+        if test_data is None:
+            return {}
+        bits = bits_per_token(model, test_data.tokens, test_data.labels, device=d.device)
+        reshard(model)
+        return {"test_bits_per_token": bits}
 
     writer = summary_writer(run.path, start if ckpt is not None else None, d.is_main)
     bar = progress_bar(loop.max_steps, start, progress and d.is_main, "prior")
@@ -98,16 +107,27 @@ def train_prior(cfg: PriorTrainConfig, out_dir: str | Path, tokens: str | None =
                 metrics = evaluate()
             if writer is not None and metrics:
                 writer.add_scalar("test/bits_per_token", metrics["test_bits_per_token"], done)
-        if run.checkpoint_due(done) and d.is_main:  # every save_every steps, after the last, or on a stop signal
-            run.save(done, clock, parts, export=model.save_pretrained, metrics=metrics)
+        if run.checkpoint_due(done):  # every save_every steps, after the last, or on a stop signal
+            saved = gather_parts(parts, partial(GPTPrior, cfg.model))  # every rank: FSDP gathers to rank 0
+            if d.is_main:
+                run.save(done, clock, saved, export=saved["model"].save_pretrained, metrics=metrics)
+            del saved  # under FSDP, rank 0 keeps no whole copy between checkpoints
     bar.close()
     if writer is not None:
         writer.close()
+    full = gather_parts(parts, partial(GPTPrior, cfg.model))  # the parts themselves; FSDP: gathered again
+    trained = full["model"]  # the model itself; under FSDP, on rank 0, a whole copy
     if start >= loop.max_steps and d.is_main:  # exported again when only the sampling defaults changed
-        metrics = run.finished_metrics(start, clock=clock, parts=parts, export=model.save_pretrained)
+        metrics = run.finished_metrics(start, clock=clock, parts=full, export=trained.save_pretrained)
     if d.is_main:  # README.md: what the run is, its data, figures and command (kept when found finished)
-        write_model_card(run.path, model, overwrite=start < loop.max_steps or bool(run.sampling_changed))
-    return model.cpu().eval(), metrics
+        write_model_card(run.path, trained, overwrite=start < loop.max_steps or bool(run.sampling_changed))
+    return (trained if is_sharded(trained) else trained.cpu()).eval(), metrics
+
+
+def shard_prior(model: GPTPrior, d: Dist) -> None:
+    """``loop.fsdp``: every transformer block a unit of FSDP, the rest in the root; ``loss`` (which runs
+    the network without ``forward``) gathers the root's parameters as ``forward`` does."""
+    shard(model, list(model.blocks), d, forward_methods=("loss",))
 
 
 class _Loss(torch.nn.Module):
@@ -145,7 +165,8 @@ def _fashion_mnist_pixels() -> PriorTrainConfig:
 def _imagenet_cin_300m() -> PriorTrainConfig:
     """The ~0.3 B class-conditional ImageNet prior (``prior.presets.imagenet_cin_300m``) on GPUs: global
     batch 256 sequences of 256 tokens, AdamW lr 3e-4 (GPT-3 medium's, Brown et al. 2020), 5000 warm-up
-    steps, bf16 autocast. Not trained here: docs/gpu.md has its size, memory and measured speed."""
+    steps, bf16 autocast. Not trained here: docs/gpu.md has its size and estimated memory;
+    benchmarks/gpu.py measures its speed on a GPU."""
     return PriorTrainConfig(model=MODEL_PRESETS["imagenet-cin-300m"](),
                             optim=OptimConfig(lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, warmup_steps=5000,
                                               min_lr_ratio=0.1),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -23,8 +24,9 @@ from ..text.bpe import TOKENIZER_FILE, CaptionTokenizer
 from ..text.dalle import (TextToImage, TextToImageConfig, dalle_mini_config, hf_text_encoder_config,
                           load_hf_text_encoder)
 from .cards import write_model_card
-from .common import (LoopConfig, OptimConfig, RunDir, batch_indices, check_finite, distribute, make_optimizer,
-                     optimizer_step, progress_bar, setup_distributed, summary_writer)
+from .common import (Dist, LoopConfig, OptimConfig, RunDir, batch_indices, check_finite, checkpoint_parts, distribute,
+                     gather_parts, is_sharded, make_optimizer, optimizer_step, progress_bar, reshard, setup_distributed,
+                     shard, summary_writer)
 
 
 @dataclass
@@ -99,7 +101,8 @@ def prepare_config(cfg: TextToImageTrainConfig) -> TextToImageTrainConfig:
 
 def train_text2img(cfg: TextToImageTrainConfig, out_dir: str | Path, tokens: str | None = None,
                    progress: bool = True) -> tuple[TextToImage, CaptionTokenizer, dict]:
-    """Train (or resume) a text-to-image model into ``out_dir``; returns (model on CPU, tokenizer, metrics)."""
+    """Train (or resume) a text-to-image model into ``out_dir``; returns (model on CPU, tokenizer, metrics).
+    With ``loop.fsdp`` among several ranks, rank 0 returns the whole model and the other ranks their shards."""
     if tokens:
         cfg.tokens = tokens
     if not cfg.tokens:
@@ -131,15 +134,19 @@ def train_text2img(cfg: TextToImageTrainConfig, out_dir: str | Path, tokens: str
     if cfg.text_encoder_path and ckpt is None:
         load_hf_text_encoder(model, cfg.text_encoder_path)
     model.to(d.device)
+    if loop.fsdp and d.world > 1:  # before the optimiser, which must hold the shards
+        shard_text2img(model, d)
     opt, sched = make_optimizer(model.parameters(), cfg.optim, loop.max_steps)
-    parts = {"model": model, "optimizer": opt, "scheduler": sched}
+    parts = checkpoint_parts(model, opt, sched)  # FSDP: full state dicts in and out, as DDP's
     start, clock = run.restore(ckpt, parts, announce=d.is_main)
     loss_fn = distribute(_Loss(model), d, loop.compile)
 
     def evaluate() -> dict:
         if test_data is None:
             return {}
-        return {"test_bits_per_token": bits_per_token(model, test_ids, test_data.tokens, device=d.device)}
+        bits = bits_per_token(model, test_ids, test_data.tokens, device=d.device)
+        reshard(model)
+        return {"test_bits_per_token": bits}
 
     writer = summary_writer(run.path, start if ckpt is not None else None, d.is_main)
     bar = progress_bar(loop.max_steps, start, progress and d.is_main, "text2img")
@@ -163,17 +170,32 @@ def train_text2img(cfg: TextToImageTrainConfig, out_dir: str | Path, tokens: str
                 metrics = evaluate()
             if writer is not None and metrics:
                 writer.add_scalar("test/bits_per_token", metrics["test_bits_per_token"], done)
-        if run.checkpoint_due(done) and d.is_main:  # every save_every steps, after the last, or on a stop signal
-            run.save(done, clock, parts, export=lambda path: model.save_pretrained(path, tokenizer), metrics=metrics)
+        if run.checkpoint_due(done):  # every save_every steps, after the last, or on a stop signal
+            saved = gather_parts(parts, partial(TextToImage, cfg.model))  # every rank: FSDP gathers to rank 0
+            if d.is_main:
+                run.save(done, clock, saved, export=lambda path: saved["model"].save_pretrained(path, tokenizer),
+                         metrics=metrics)
+            del saved  # under FSDP, rank 0 keeps no whole copy between checkpoints
     bar.close()
     if writer is not None:
         writer.close()
+    full = gather_parts(parts, partial(TextToImage, cfg.model))  # the parts themselves; FSDP: gathered again
+    trained = full["model"]  # the model itself; under FSDP, on rank 0, a whole copy
     if start >= loop.max_steps and d.is_main:  # exported again when only the sampling defaults changed
-        metrics = run.finished_metrics(start, clock=clock, parts=parts,
-                                       export=lambda path: model.save_pretrained(path, tokenizer))
+        metrics = run.finished_metrics(start, clock=clock, parts=full,
+                                       export=lambda path: trained.save_pretrained(path, tokenizer))
     if d.is_main:  # README.md: what the run is, its data, figures and command (kept when found finished)
-        write_model_card(run.path, model, overwrite=start < loop.max_steps or bool(run.sampling_changed))
-    return model.cpu().eval(), tokenizer, metrics
+        write_model_card(run.path, trained, overwrite=start < loop.max_steps or bool(run.sampling_changed))
+    return (trained if is_sharded(trained) else trained.cpu()).eval(), tokenizer, metrics
+
+
+def shard_text2img(model: TextToImage, d: Dist) -> None:
+    """``loop.fsdp``: every decoder and caption-encoder block a unit of FSDP (a pretrained transformers
+    encoder one unit), the rest in the root. The caption's cross-attention keys and values are computed
+    for every layer before decoding (``memories``), outside the blocks' forward: each block's ``cross.kv``
+    is a unit of its own. ``loss`` runs ``forward``, which gathers the root."""
+    encoder = model.text_encoder
+    shard(model, [*(b.cross.kv for b in model.blocks), *model.blocks, *getattr(encoder, "blocks", [encoder])], d)
 
 
 class _Loss(torch.nn.Module):
@@ -236,7 +258,8 @@ def _shapes_long() -> TextToImageTrainConfig:
 def _dalle_mini() -> TextToImageTrainConfig:
     """DALL·E mini's size (``text.dalle.dalle_mini_config``, ~0.4 B parameters) on GPUs: global batch 256,
     AdamW lr 1e-4, 5000 warm-up steps, bf16 autocast, a 50 264-entry caption BPE fitted on the training
-    captions. Not trained here: docs/gpu.md has its size, memory and measured speed."""
+    captions. Not trained here: docs/gpu.md has its size and estimated memory;
+    benchmarks/gpu.py measures its speed on a GPU."""
     return TextToImageTrainConfig(
         model=dalle_mini_config(),
         optim=OptimConfig(lr=1e-4, betas=(0.9, 0.95), weight_decay=0.01, warmup_steps=5000, min_lr_ratio=0.1),
