@@ -10,6 +10,7 @@ seconds per step compare; every run starts fresh. Test metrics on the whole test
     pip install --no-deps vector-quantize-pytorch==1.32.0 einx==0.4.3 frozendict==2.5.1 \\
         loguru==0.7.3 torch-einops-utils==0.2.0        # benchmark only; sympy comes with torch
     python benchmarks/quantizers.py --json [--steps 2000] [--seeds 0,1,2] [--set key=value ...]
+    python benchmarks/quantizers.py --json --timing-only   # the quantizer step alone, both, interleaved
 
 ``--set`` overrides the vqgen side only (to measure a candidate change), e.g.
 ``--set model.quantizer.dead_code_threshold=2``. Writes benchmarks/results/quantizers.json.
@@ -23,6 +24,7 @@ import dataclasses
 import shutil
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -96,6 +98,28 @@ def train_one(kind: str, seed: int, steps: int, overrides: list[str], train, tes
     return row
 
 
+def time_quantizers(repeats: int = 7, steps: int = 20) -> dict:
+    """Milliseconds per training step of the quantizer alone (forward + backward on one batch of the
+    preset's latents, 32 × 8 × 8 vectors of 32 channels): the two alternate ``repeats`` times and the
+    best of each is kept, so background load cancels out better than in whole training runs."""
+    cfg = TOKENIZER_PRESETS[PRESET]().model.quantizer
+    torch.manual_seed(0)
+    z = torch.randn(32, 32, 8, 8)  # (B, C, h, w) as the preset's encoder gives
+    best = {"vqgen": float("inf"), "vqp": float("inf")}
+    quantizers = {"vqgen": vqgan_module.build_quantizer(32, cfg).train(), "vqp": LibraryQuantizer(32, cfg).train()}
+    for q in quantizers.values():
+        q(z)  # k-means init
+    for _ in range(repeats):
+        for name, q in quantizers.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                zz = z.clone().requires_grad_(True)
+                out = q(zz)
+                (out.z_q.square().mean() + out.loss).backward()
+            best[name] = min(best[name], (time.perf_counter() - start) / steps * 1000)
+    return {f"{k}_ms": round(v, 3) for k, v in best.items()}
+
+
 def summarise(rows: list[dict]) -> dict:
     def mean(key: str) -> float:
         return statistics.fmean(r[key] for r in rows)
@@ -119,7 +143,15 @@ def main() -> None:
     ap.add_argument("--test-images", type=int, help="evaluate on the first N test images only (quick looks)")
     ap.add_argument("--runs", default=str(REPO / "runs" / "bench-quantizers"))
     ap.add_argument("--out")
+    ap.add_argument("--timing-only", action="store_true",
+                    help="only time the two quantizers' training steps on one batch (seconds; no training runs)")
     args = ap.parse_args()
+    if args.timing_only:
+        result = {"machine": machine(), "command": " ".join(["python"] + sys.argv), "preset": PRESET,
+                  "batch": "32 × 8 × 8 vectors of 32 channels", **time_quantizers()}
+        if args.json:
+            write_result("quantizer_timing", result, args.out)
+        return
     spec = fmnist_spec()
     train = load_images(spec, "train", 32, 1, progress=False)
     test = load_images(spec, "test", 32, 1, progress=False)

@@ -44,7 +44,14 @@ def tokenizer_section(lines: list[str]) -> None:
             m = r[k]
             lines.append(f"| `{k}` | {desc[k]} | {f(m['psnr'])} | {f(m['ssim'], 3)} | {f(100 * m['codebook_usage'], 1)} % "
                          f"| {f(m['perplexity'], 1)} | {m['steps']} × {m['batch_size']} | {f(m['train_seconds'], 0)} |")
-    lines += ["", "![reconstructions](images/reconstructions.png)", ""]
+    lines += [""]
+    from vqgen.config import to_dict
+    from vqgen.train.tokenizer import TOKENIZER_PRESETS
+    current = to_dict(TOKENIZER_PRESETS["fashion-mnist"]().model.quantizer)
+    if "fashion-mnist" in r and r["fashion-mnist"].get("quantizer") != current:
+        lines += ["The `fashion-mnist` run above was made with an earlier quantizer setting of the preset (before "
+                  "issue 12's restart rule and rotation trick); the next section measures the current one.", ""]
+    lines += ["![reconstructions](images/reconstructions.png)", ""]
 
 
 def folder_section(lines: list[str]) -> None:
@@ -190,6 +197,47 @@ def text2img_sections(lines: list[str]) -> None:
         lines += ["", f"HF: {s_['hf_guidance']}.", ""]
 
 
+def clip_guided_sections(lines: list[str]) -> None:
+    r = load("clip_guided")
+    if r:
+        c = r["clip_guided"]
+        lines += ["## VQGAN + CLIP: CLIP-guided optimisation against the text-to-image model", "",
+                  f"Command: `{r['command']}`  ", machine_line(r) + "  ",
+                  f"Data: {r['note']}; the first {r['n_captions']} test captions, the same for every method, judged "
+                  "by the same judge as above. CLIP-guided: one picture per caption from the `shapes` tokenizer's "
+                  f"latents, lr {c['lr']:g}, {c['cutouts']} cutouts (smallest crop {c['crop_min']:g}), init "
+                  f"{c['init']}, {r['batch']} captions optimised together. Text to image: "
+                  f"{r['text2img_candidates']} samples per caption at the run's guidance "
+                  f"{r['text2img_guidance_scale']:g} and temperature {r['text2img_temperature']:g}; CLIP picks the "
+                  "reranked one. Renders: the test split's own pictures of the captions. CLIP score = 100 × cosine "
+                  "by the CLIP that steers and reranks. See [clip_guided.md](clip_guided.md).", "",
+                  "| method | single | two | held out | CLIP score | s / image |", "|---|---|---|---|---|---|"]
+        rows = [("renders", "true pictures (renders)"), ("text2img_no_rerank", "text to image, no rerank"),
+                ("text2img_rerank8", f"text to image, CLIP's best of {r['text2img_candidates']}")]
+        rows += [(f"clip_guided_{s}", f"CLIP-guided, {s} steps") for s in r["steps"]]
+        for key, label in rows:
+            m = r[key]
+            secs = "–" if m["seconds_per_image"] is None else f(m["seconds_per_image"], 3)
+            lines.append(f"| {label} | {pct(m['single'])} | {pct(m['two'])} | {pct(m['heldout'])} | "
+                         f"{f(m['clip_score'], 1)} | {secs} |")
+        lines += ["", "CLIP-guided pictures that CLIP scores above the true render of their caption, yet the judge "
+                  "finds wrong: " + ", ".join(f"{pct(r[f'high_clip_wrong_{s}'])} at {s} steps" for s in r["steps"]) +
+                  ".", "", "![render, text to image, CLIP-guided](images/clip_guided.png)", ""]
+    w = load("clip_guided_sweep")
+    if w:
+        lines += ["### Choosing the CLIP-guided defaults", "", f"Command: `{w['command']}`  ", machine_line(w) + "  ",
+                  f"One factor at a time around lr {w['base']['lr']:g}, {w['base']['cutouts']} cutouts, smallest crop "
+                  f"{w['base']['crop_min']:g}, init {w['base']['init']}; the first {w['sweep_captions']} test "
+                  "captions, fully correct by the judge.", "",
+                  "| lr | cutouts | smallest crop | init | steps | single | two | held out | CLIP score | s / image |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for x in w["rows"]:
+            lines.append(f"| {x['lr']:g} | {x['cutouts']} | {x['crop_min']:g} | {x['init']} | {x['steps']} | "
+                         f"{pct(x['single'])} | {pct(x['two'])} | {pct(x['heldout'])} | {f(x['clip_score'], 1)} | "
+                         f"{f(x['seconds_per_image'], 3)} |")
+        lines.append("")
+
+
 def faults_section(lines: list[str]) -> None:
     r = load("faults")
     if not r:
@@ -217,13 +265,59 @@ def faults_section(lines: list[str]) -> None:
         lines += ["Of the signals, " + "; ".join(late) + ".", ""]
 
 
+def quantizer_section(lines: list[str]) -> None:
+    runs = [r for r in (load("quantizers"), load("quantizers_full")) if r]
+    if runs:
+        lines += ["## Stage 1: vqgen's quantizer against vector-quantize-pytorch, same preset", ""]
+    for r in runs:
+        quantizer_table(lines, r)
+    t = load("quantizer_timing")
+    if t:
+        lines += [f"The quantizer's training step alone ({t['batch']}, forward + backward, best of interleaved repeats; "
+                  f"`{t['command']}`, {t['machine']['torch_threads']} torch thread(s)): vqgen {f(t['vqgen_ms'])} ms, "
+                  f"vector-quantize-pytorch {f(t['vqp_ms'])} ms.", ""]
+
+
+def quantizer_table(lines: list[str], r: dict) -> None:
+    lines += [f"Command: `{r['command']}`  ", machine_line(r) + "  ", f"Data: `{r['data']}` — {r['note']}.", "",
+              f"The `{r['preset']}` preset trained {r['steps']} steps per run with only the quantizer swapped "
+              f"(vector-quantize-pytorch {r['vqp_version']}'s `VectorQuantize`, settings mapped from the preset, its "
+              "dead-code threshold 2); seeds interleaved so timings compare. Test metrics on "
+              f"{r['n_test_images']} test images; mean ± standard deviation over seeds.", "",
+              "| quantizer | seeds | PSNR dB | SSIM | usage | perplexity | s / step |", "|---|---|---|---|---|---|---|"]
+    for k, name in (("vqgen", "vqgen `VectorQuantizer`"), ("vqp", "vector-quantize-pytorch `VectorQuantize`")):
+        if k in r:
+            m = r[k]
+            lines.append(f"| {name} | {m['n_seeds']} | {f(m['psnr_mean'])} ± {f(m['psnr_std'])} | {f(m['ssim_mean'], 3)} "
+                         f"± {f(m['ssim_std'], 3)} | {f(100 * m['usage_mean'], 1)} % | {f(m['perplexity_mean'], 1)} "
+                         f"| {f(m['seconds_per_step'], 3)} |")
+    order = sorted(((row["seed"], k, row["seconds_per_step"]) for k in ("vqgen", "vqp") if k in r for row in r[k]["runs"]),
+                   key=lambda t: (t[0], (t[1] == "vqp") != (t[0] % 2 == 1)))
+    if len(order) > 2:
+        lines += ["", "Seconds per step of each run, in the order they ran (the machine's load varied): "
+                  + ", ".join(f"{k} seed {s} {f(v, 2)}" for s, k, v in order) + "."]
+    lines.append("")
+
+
+def data_section(lines: list[str]) -> None:
+    r = load("data")
+    if not r:
+        return
+    lines += ["## Data: encoding a folder lazily", "", f"Command: `{r['command']}`  ", machine_line(r), "",
+              f"Peak RSS (whole process tree) while `vqgen encode` reads a 64 px folder: "
+              f"{f(r['peak_rss_mib_10k'], 0)} MiB at 10 000 images, {f(r['peak_rss_mib_100k'], 0)} MiB at 100 000 images. "
+              "Images per second by DataLoader workers: "
+              + ", ".join(f"{k} workers {f(v, 0)}" for k, v in r["images_per_s"].items()) + ".", ""]
+
+
 def main() -> None:
     lines = ["# Benchmarks", "",
              "Rendered by `python benchmarks/report.py` from `benchmarks/results/*.json`; each section names the command "
              "that produced it. Fashion-MNIST here is the re-split copy in `../shared/data/fashion-mnist` (60 000 train / "
              "10 000 test, **not the official test split**), so numbers are not comparable with published ones. "
              "Timings are from a shared 2-core CPU and are noisy; compare ratios within one run.", ""]
-    for section in (text2img_sections, tokenizer_section, folder_section, throughput_section, prior_sections,
+    for section in (text2img_sections, clip_guided_sections, tokenizer_section, quantizer_section, folder_section,
+                    data_section, throughput_section, prior_sections,
                     sampling_section, faults_section):
         section(lines)
     out = REPO / "docs" / "benchmarks.md"

@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, fmnist_spec, machine, write_result  # noqa: E402
 
-from vqgen.config import apply_overrides  # noqa: E402
+from vqgen.config import apply_overrides, to_dict  # noqa: E402
 from vqgen.data import load_images  # noqa: E402
 from vqgen.eval.tokenizer import evaluate_tokenizer  # noqa: E402
 from vqgen.images import save_grid, to_uint8  # noqa: E402
@@ -31,7 +31,7 @@ def run(preset: str, out: Path, train, test, overrides: list[str]) -> dict:
     seconds = train_seconds(out)  # recorded by the run itself (a finished run is reused, not retrained)
     metrics = evaluate_tokenizer(model, test)
     return {"preset": preset, "train_seconds": round(seconds, 1), "steps": cfg.loop.max_steps,
-            "batch_size": cfg.loop.batch_size, **metrics}, model
+            "batch_size": cfg.loop.batch_size, "quantizer": to_dict(cfg.model.quantizer), **metrics}, model
 
 
 def main() -> None:
