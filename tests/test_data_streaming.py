@@ -335,3 +335,15 @@ def test_cli_trains_a_tokenizer_from_wds_shards_with_workers(tmp_path, images, m
 def test_mmap_threshold_is_fixed_on_glibc():
     import platform
     assert lazy_mod.fix_mmap_threshold() == (platform.libc_ver()[0] == "glibc")
+
+
+def test_clip_trains_bitwise_the_same_from_a_lazily_read_pairs_folder(folder, tmp_path, monkeypatch):
+    """Past the in-memory limit the CLIP trainer reads its captioned images a batch at a time."""
+    from vqgen.train.clip import CLIP_PRESETS, train_clip
+    cfg = CLIP_PRESETS["tiny"]()
+    cfg.loop.max_steps, cfg.data = 4, f"pairs:{folder}"
+    in_memory, _ = train_clip(cfg, tmp_path / "memory", progress=False)
+    monkeypatch.setattr(lazy_mod, "IN_MEMORY_MAX_BYTES", 0)  # read lazily, as a large set would be
+    lazily, _ = train_clip(cfg, tmp_path / "lazy", progress=False)
+    for (key, a), b in zip(in_memory.state_dict().items(), lazily.state_dict().values()):
+        assert torch.equal(a, b), key

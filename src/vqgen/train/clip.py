@@ -48,7 +48,7 @@ def _captions(data: ImageDataset, what: str) -> list[str]:
     if data.captions is None:
         raise DataError(f"{what} data {data.source or ''!r} has no captions: CLIP trains on captioned images "
                         "(e.g. the shapes dataset)")
-    return data.captions
+    return list(data.captions)  # a lazy dataset holds them in a compact StringArray
 
 
 def _encode(tokenizer: CaptionTokenizer, captions: list[str], max_len: int, what: str) -> torch.Tensor:
@@ -99,13 +99,15 @@ def train_clip(cfg: ClipTrainConfig, out_dir: str | Path, data: str | None = Non
     ckpt = run.prepare(d.is_main)
     mc, loop = cfg.model, cfg.loop
     if train_data is None:
-        train_data = load_images(cfg.data, "train", mc.resolution, mc.channels, progress=progress and d.is_main)
+        # Past IN_MEMORY_MAX_BYTES of decoded pixels a folder-like set is read lazily, a batch at a time.
+        train_data = load_images(cfg.data, "train", mc.resolution, mc.channels, progress=progress and d.is_main,
+                                 lazy=None)
         if "test" in splits_of(cfg.data):  # a folder-like spec has no held-out split to measure on
             test_data = load_images(cfg.data, "test", mc.resolution, mc.channels, progress=False)
     for what, ds in (("training", train_data), ("test", test_data)):
-        if ds is not None and tuple(ds.images.shape[1:]) != (mc.channels, mc.resolution, mc.resolution):
+        if ds is not None and tuple(ds.image_shape) != (mc.channels, mc.resolution, mc.resolution):
             raise ConfigError(f"the model takes ({mc.channels}, {mc.resolution}, {mc.resolution}) images, but the "
-                              f"{what} images are {tuple(ds.images.shape[1:])}; set model.channels / model.resolution")
+                              f"{what} images are {tuple(ds.image_shape)}; set model.channels / model.resolution")
     captions = _captions(train_data, "training")
     if loop.batch_size % (d.world * loop.grad_accum):
         raise ConfigError(f"batch_size {loop.batch_size} must split over {d.world} ranks × {loop.grad_accum} micro-batches")
@@ -123,7 +125,7 @@ def train_clip(cfg: ClipTrainConfig, out_dir: str | Path, data: str | None = Non
     test_ids = None
     if test_data is not None:
         n_eval = min(cfg.eval_images, len(test_data))
-        test_images = test_data.images[:n_eval]  # (n, C, H, W) uint8
+        test_images = test_data.batch(range(n_eval))  # (n, C, H, W) uint8
         test_ids = _encode(tokenizer, _captions(test_data, "test")[:n_eval], mc.max_len, "test")  # (n, L)
 
     torch.manual_seed(loop.seed)
@@ -146,7 +148,7 @@ def train_clip(cfg: ClipTrainConfig, out_dir: str | Path, data: str | None = Non
     for step in run.steps(start, loop.max_steps):  # ends after the step on SIGTERM / SIGINT
         model.train()
         idx = batch_indices(len(train_data), loop.batch_size, step, loop.seed, d.rank, d.world)
-        x = to_model_range(train_data.images[idx].to(d.device))  # (b, C, H, W)
+        x = to_model_range(train_data.batch(idx).to(d.device))  # (b, C, H, W)
         ids = train_ids[idx].to(d.device)  # (b, L)
         hits: list[float] = []
 
