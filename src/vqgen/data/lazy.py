@@ -48,8 +48,8 @@ def fix_mmap_threshold() -> bool:
 
     glibc raises its mmap threshold each time a large block is freed (up to 32 MiB); from then on
     batch-sized buffers come from the heap, and small long-lived blocks allocated between them (token
-    grids, labels) keep the heap from shrinking, so peak RSS grows with the number of batches: measured
-    1.1 GB after encoding 20 000 images at 64 px, 0.37 GB with the threshold fixed. Setting it (at
+    grids, labels) keep the heap from shrinking, so peak RSS grows with the number of batches (it did
+    while benchmarks/data.py was written; with the threshold fixed, it measures RSS flat). Setting it (at
     glibc's default, 128 KiB) turns the adjustment off: M_MMAP_THRESHOLD in
     https://man7.org/linux/man-pages/man3/mallopt.3.html. Forked DataLoader workers inherit it.
     """
