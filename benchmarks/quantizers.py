@@ -25,6 +25,7 @@ import shutil
 import statistics
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -163,20 +164,14 @@ def main() -> None:
     for i, seed in enumerate(seeds):
         for kind in kinds if i % 2 == 0 else kinds[::-1]:  # alternate who goes first
             rows[kind].append(train_one(kind, seed, args.steps, args.overrides, train, test, Path(args.runs)))
-    import vector_quantize_pytorch
     result = {"data": spec, "note": "Fashion-MNIST re-split copy; not the official test split",
               "machine": machine(), "command": " ".join(["python"] + sys.argv), "preset": PRESET,
               "steps": args.steps, "vqgen_overrides": args.overrides, "n_test_images": len(test),
-              "vqp_version": vector_quantize_pytorch.__version__ if hasattr(vector_quantize_pytorch, "__version__")
-              else _version("vector-quantize-pytorch"),
+              "vqp_version": version("vector-quantize-pytorch"),
               **{k: summarise(v) for k, v in rows.items()}}
     if args.json:
         write_result("quantizers", result, args.out)
 
-
-def _version(dist: str) -> str:
-    from importlib.metadata import version
-    return version(dist)
 
 
 if __name__ == "__main__":

@@ -170,8 +170,8 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _ema_update(self, z: torch.Tensor, idx: torch.Tensor, counts: torch.Tensor) -> None:
+        """``counts``: (K,) code counts of the global batch (already summed over ranks)."""
         decay, k = self.cfg.ema_decay, self.codebook_size
-        counts = _all_reduce(counts.clone())  # (K,)
         sums = _all_reduce(z.new_zeros(k, z.shape[1]).index_add_(0, idx, z))  # (K, D) sum of the vectors of each code
         self.ema_count.mul_(decay).add_(counts, alpha=1 - decay)
         self.ema_sum.mul_(decay).add_(sums, alpha=1 - decay)
@@ -210,10 +210,11 @@ class VectorQuantizer(nn.Module):
         q = self.codebook()[idx]  # (N, D)
         counts = torch.bincount(idx, minlength=self.codebook_size).to(flat.dtype)  # (K,)
         if self.training:
+            global_counts = _all_reduce(counts.clone())  # (K,) over every rank's batch: one collective for both
             if self.cfg.ema_decay is not None:
-                self._ema_update(flat.detach(), idx, counts)
+                self._ema_update(flat.detach(), idx, global_counts)
             with torch.no_grad():
-                self.usage_count.mul_(self.cfg.usage_decay).add_(_all_reduce(counts.clone()), alpha=1 - self.cfg.usage_decay)
+                self.usage_count.mul_(self.cfg.usage_decay).add_(global_counts, alpha=1 - self.cfg.usage_decay)
             if self.cfg.dead_code_threshold > 0:
                 self._restart_dead(flat.detach())
         commitment = F.mse_loss(flat, q.detach())
