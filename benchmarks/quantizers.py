@@ -11,6 +11,9 @@ seconds per step compare; every run starts fresh. Test metrics on the whole test
         loguru==0.7.3 torch-einops-utils==0.2.0        # benchmark only; sympy comes with torch
     python benchmarks/quantizers.py --json [--steps 2000] [--seeds 0,1,2] [--set key=value ...]
     python benchmarks/quantizers.py --json --timing-only   # the quantizer step alone, both, interleaved
+    python benchmarks/quantizers.py --merge A.json B.json [LABEL=C.json ...] --out FILE  # one table from runs
+                                                     # made apart (e.g. one seed per process); LABEL renames
+                                                     # C's vqgen side (an earlier version of the code)
 
 ``--set`` overrides the vqgen side only (to measure a candidate change), e.g.
 ``--set model.quantizer.dead_code_threshold=2``. Writes benchmarks/results/quantizers.json.
@@ -133,6 +136,29 @@ def summarise(rows: list[dict]) -> dict:
             "seconds_per_step": mean("seconds_per_step"), "n_seeds": len(rows), "runs": rows}
 
 
+def merge(specs: list[str]) -> dict:
+    """One result from several (``[LABEL=]FILE``): runs concatenated per side and summarised again. A
+    LABEL files that result's vqgen runs under LABEL, e.g. the quantizer as an earlier commit had it."""
+    import json
+    rows: dict[str, list[dict]] = {}
+    first, vqp_version = None, None
+    for spec in specs:
+        label, _, path = spec.rpartition("=")
+        r = json.loads(Path(path).read_text())
+        first = first or r
+        if (r["preset"], r["steps"]) != (first["preset"], first["steps"]):
+            raise SystemExit(f"quantizers.py: error: {path} ran {r['preset']} for {r['steps']} steps, "
+                             f"the first file {first['preset']} for {first['steps']}: merge like with like")
+        vqp_version = vqp_version or r.get("vqp_version")
+        for kind in ("vqgen", "vqp"):
+            if kind in r:
+                side = label if label and kind == "vqgen" else kind
+                rows.setdefault(side, []).extend(r[kind]["runs"])
+    out = {k: first[k] for k in ("data", "note", "machine", "preset", "steps", "n_test_images")}
+    return {**out, "command": " ".join(["python"] + sys.argv), "merged": [s.rpartition("=")[2] for s in specs],
+            "vqp_version": vqp_version, **{k: summarise(sorted(v, key=lambda row: row["seed"])) for k, v in rows.items()}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true")
@@ -144,9 +170,14 @@ def main() -> None:
     ap.add_argument("--test-images", type=int, help="evaluate on the first N test images only (quick looks)")
     ap.add_argument("--runs", default=str(REPO / "runs" / "bench-quantizers"))
     ap.add_argument("--out")
+    ap.add_argument("--merge", nargs="+", metavar="[LABEL=]FILE",
+                    help="merge result files of separate runs (same preset and steps) into one")
     ap.add_argument("--timing-only", action="store_true",
                     help="only time the two quantizers' training steps on one batch (seconds; no training runs)")
     args = ap.parse_args()
+    if args.merge:
+        write_result("quantizers", merge(args.merge), args.out)
+        return
     if args.timing_only:
         result = {"machine": machine(), "command": " ".join(["python"] + sys.argv), "preset": PRESET,
                   "batch": "32 × 8 × 8 vectors of 32 channels", **time_quantizers()}
@@ -167,7 +198,7 @@ def main() -> None:
     result = {"data": spec, "note": "Fashion-MNIST re-split copy; not the official test split",
               "machine": machine(), "command": " ".join(["python"] + sys.argv), "preset": PRESET,
               "steps": args.steps, "vqgen_overrides": args.overrides, "n_test_images": len(test),
-              "vqp_version": version("vector-quantize-pytorch"),
+              "vqp_version": version("vector-quantize-pytorch") if "vqp" in kinds else None,
               **{k: summarise(v) for k, v in rows.items()}}
     if args.json:
         write_result("quantizers", result, args.out)

@@ -187,3 +187,31 @@ def test_config_validation():
         QuantizerConfig(kind="fsq", fsq_levels=(1, 4))
     with pytest.raises(ValueError):
         VectorQuantizer(4, QuantizerConfig(kind="fsq"))
+
+
+def test_kmeans_init_starts_the_running_counts_at_the_cluster_sizes():
+    # Two tight clusters of 48 and 16 vectors: the counts start at those sizes, so that a restart threshold
+    # above 1 (here 2) does not restart every code right after k-means, as counts of 1 would.
+    cfg = QuantizerConfig(codebook_size=2, ema_decay=0.99, kmeans_init=True, dead_code_threshold=2.0)
+    q = VectorQuantizer(2, cfg).train()
+    g = torch.Generator().manual_seed(0)
+    z = torch.cat([torch.randn(48, 2, generator=g) * 0.01 + 5, torch.randn(16, 2, generator=g) * 0.01 - 5])
+    q(z.view(64, 2, 1, 1))
+    assert sorted(q.ema_count.tolist()) == pytest.approx([16, 48], abs=0.5)
+    assert sorted(q.usage_count.tolist()) == pytest.approx([16, 48], abs=0.5)
+    assert sorted(q.embed[:, 0].round().tolist()) == [-5.0, 5.0]  # the k-means centroids survived step 0
+
+
+def test_restarts_draw_distinct_vectors_and_restart_counts_at_the_threshold():
+    cfg = QuantizerConfig(codebook_size=16, ema_decay=0.9, dead_code_threshold=3.0)
+    q = VectorQuantizer(2, cfg).train()
+    with torch.no_grad():
+        q.usage_count.zero_()  # every code dead
+    z = torch.arange(20, dtype=torch.float32).view(10, 2)  # 10 distinct vectors for 16 dead codes
+    q._restart_dead(z)
+    moved = [tuple(row) for row in q.embed.tolist() if tuple(row) in {tuple(v) for v in z.tolist()}]
+    assert len(moved) == 10 and len(set(moved)) == 10  # as many codes as vectors, no vector used twice
+    restarted = q.usage_count == 3.0
+    assert int(restarted.sum()) == 10  # the other 6 wait for a later batch
+    assert torch.equal(q.ema_count[restarted], torch.full((10,), 3.0))
+    assert torch.allclose(q.ema_sum[restarted], 3.0 * q.embed[restarted])

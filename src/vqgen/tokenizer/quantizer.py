@@ -163,9 +163,13 @@ class VectorQuantizer(nn.Module):
         centroids = kmeans(z.float(), self.codebook_size, self.cfg.kmeans_iters, spherical=self.cfg.l2_normalize)
         centroids = _broadcast(centroids.contiguous())
         self.embed.data.copy_(centroids)
-        if self.cfg.ema_decay is not None:
-            self.ema_sum.copy_(centroids)
-            self.ema_count.fill_(1.0)
+        # The running counts start at the cluster sizes (as vector-quantize-pytorch does), not at 1: with a
+        # restart threshold above 1 a count of 1 would restart every code at step 0 and undo the k-means.
+        sizes = _all_reduce(torch.bincount(self.lookup(z), minlength=self.codebook_size).to(z.dtype))  # (K,)
+        self.usage_count.copy_(sizes)
+        if self.cfg.ema_decay is not None:  # an empty cluster keeps its centroid (count 1), not a zero sum
+            self.ema_count.copy_(sizes.clamp_min(1))
+            self.ema_sum.copy_(centroids * self.ema_count.unsqueeze(1))  # so that ema_sum / ema_count = centroids
         self.initialized.fill_(True)
 
     @torch.no_grad()
@@ -182,17 +186,27 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _restart_dead(self, z: torch.Tensor) -> None:
+        """Move each code whose running count fell below the threshold onto a distinct encoder output of
+        this batch (drawn without replacement: two codes never restart onto the same vector; if more codes
+        are dead than the batch has vectors, a random subset restarts now and the rest in later steps).
+        A restarted code's counts restart at the threshold, its EMA sum at that many copies of its vector."""
         dead = self.usage_count < self.cfg.dead_code_threshold  # (K,)
         n_dead = int(dead.sum())
         if n_dead == 0:
             return
-        pick = torch.randint(0, z.shape[0], (n_dead,), device=z.device)
+        if n_dead > z.shape[0]:
+            keep = dead.nonzero().squeeze(1)[torch.randperm(n_dead, device=z.device)[:z.shape[0]]]  # (N,)
+            keep = _broadcast(keep.contiguous())  # every rank restarts the same codes (rank 0's draw)
+            dead = torch.zeros_like(dead).index_fill_(0, keep, True)
+            n_dead = z.shape[0]
+        pick = torch.randperm(z.shape[0], device=z.device)[:n_dead]  # (n_dead,) distinct rows
         fresh = _broadcast(z[pick].contiguous())  # (n_dead, D) encoder outputs
         self.embed.data[dead] = fresh
+        c = self.cfg.dead_code_threshold
         if self.cfg.ema_decay is not None:
-            self.ema_sum[dead] = fresh
-            self.ema_count[dead] = 1.0
-        self.usage_count[dead] = self.cfg.dead_code_threshold  # give restarted codes time to be picked
+            self.ema_sum[dead] = fresh * c
+            self.ema_count[dead] = c
+        self.usage_count[dead] = c  # time to be picked: the counts decay from the threshold, not below it
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:  # z: (B, C, h, w)
         # Distances and codebook statistics in fp32 even under bf16 autocast.
