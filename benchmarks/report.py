@@ -24,7 +24,8 @@ def f(x, nd=2) -> str:
 
 def machine_line(r: dict) -> str:
     m = r["machine"]
-    return f"Machine: {m['processor']}, {m['torch_threads']} torch threads, torch {m['torch']}, {m['platform']}."
+    gpu = f"GPU {m['cuda']}, " if m.get("cuda") else ""
+    return f"Machine: {gpu}{m['processor']}, {m['torch_threads']} torch threads, torch {m['torch']}, {m['platform']}."
 
 
 def tokenizer_section(lines: list[str]) -> None:
@@ -266,7 +267,7 @@ def faults_section(lines: list[str]) -> None:
 
 
 def quantizer_section(lines: list[str]) -> None:
-    runs = [r for r in (load("quantizers"), load("quantizers_full")) if r]
+    runs = [r for r in (load("quantizers_h200"), load("quantizers"), load("quantizers_full")) if r]
     if runs:
         lines += ["## Stage 1: vqgen's quantizer against vector-quantize-pytorch, same preset", ""]
     for r in runs:
@@ -280,12 +281,17 @@ def quantizer_section(lines: list[str]) -> None:
 
 def quantizer_table(lines: list[str], r: dict) -> None:
     lines += [f"Command: `{r['command']}`  ", machine_line(r) + "  ", f"Data: `{r['data']}` — {r['note']}.", "",
+              *([f"*{r['about']}.*", ""] if r.get("about") else []),
               f"The `{r['preset']}` preset trained {r['steps']} steps per run with only the quantizer swapped "
               f"(vector-quantize-pytorch {r['vqp_version']}'s `VectorQuantize`, settings mapped from the preset, its "
-              "dead-code threshold 2); seeds interleaved so timings compare. Test metrics on "
-              f"{r['n_test_images']} test images; mean ± standard deviation over seeds.", "",
+              "dead-code threshold 2); "
+              + ("one process per seed and side, all at once on one GPU (bf16 autocast for the autoencoder, the "
+                 "quantizers in fp32), merged from `benchmarks/results/quantizers_h200/`, whose files say how each "
+                 "side ran. " if "merged" in r else "seeds interleaved so timings compare. ")
+              + f"Test metrics on {r['n_test_images']} test images; mean ± standard deviation over seeds.", "",
               "| quantizer | seeds | PSNR dB | SSIM | usage | perplexity | s / step |", "|---|---|---|---|---|---|---|"]
-    for k, name in (("vqgen", "vqgen `VectorQuantizer`"), ("vqp", "vector-quantize-pytorch `VectorQuantize`")):
+    for k, name in (("vqgen", "vqgen `VectorQuantizer`"), ("vqgen-26298a0", "vqgen as of commit 26298a0"),
+                    ("vqp", "vector-quantize-pytorch `VectorQuantize`")):
         if k in r:
             m = r[k]
             lines.append(f"| {name} | {m['n_seeds']} | {f(m['psnr_mean'])} ± {f(m['psnr_std'])} | {f(m['ssim_mean'], 3)} "
@@ -293,7 +299,7 @@ def quantizer_table(lines: list[str], r: dict) -> None:
                          f"| {f(m['seconds_per_step'], 3)} |")
     order = sorted(((row["seed"], k, row["seconds_per_step"]) for k in ("vqgen", "vqp") if k in r for row in r[k]["runs"]),
                    key=lambda t: (t[0], (t[1] == "vqp") != (t[0] % 2 == 1)))
-    if len(order) > 2:
+    if len(order) > 2 and "merged" not in r:
         lines += ["", "Seconds per step of each run, in the order they ran (the machine's load varied): "
                   + ", ".join(f"{k} seed {s} {f(v, 2)}" for s, k, v in order) + "."]
     lines.append("")
@@ -310,15 +316,71 @@ def data_section(lines: list[str]) -> None:
               + ", ".join(f"{k} workers {f(v, 0)}" for k, v in r["images_per_s"].items()) + ".", ""]
 
 
+def vqgan_sections(lines: list[str]) -> None:
+    r = load("vqgan")
+    if not r:
+        return
+    lines += ["## Stage 1 at f = 8: does the GAN earn its place? (issue 9)", "",
+              f"Command: `{r['command']}`  ", machine_line(r) + "  ", f"Data: `{r['data']}` — {r['note']}.", "",
+              *([f"*{r['about']}*", ""] if r.get("about") else []),
+              "| tokenizer | tokens | PSNR dB | SSIM | usage | judge FD of reconstructions | sharpness | train s |",
+              "|---|---|---|---|---|---|---|---|"]
+    for k in ("f4", "f8_nogan", "f8_gan"):
+        m, d = r[k], r["details"][k]
+        lines.append(f"| `{d['preset']}` | {d['tokens']} | {f(m['psnr'])} | {f(m['ssim'], 3)} | "
+                     f"{f(100 * m['codebook_usage'], 1)} % | {f(m['fd_reconstructions'], 3)} | {f(m['sharpness'])} | "
+                     f"{f(m['train_seconds'], 0)} |")
+    lines += ["", "| prior | judge accuracy | judge FD | samples/s | bits per image |", "|---|---|---|---|---|"]
+    for k, name in (("prior_f4", "on f4 tokens"), ("prior_f8_gan", "on f8 GAN tokens")):
+        m = r[k]
+        lines.append(f"| {name} | {pct(m['judge_accuracy'])} | {f(m['fd'], 3)} | {f(m['samples_per_s'], 1)} | "
+                     f"{f(m['bits_per_image'], 1)} |")
+    lines.append("")
+    s_ = load("vqgan_sweep")
+    if s_:
+        lines += [f"GAN settings (`{s_['command']}`; {machine_line(s_)[len('Machine: '):-1]}), each `{s_['preset']}` "
+                  f"with one change. {s_.get('about', '')}.", "", "| setting | PSNR dB | SSIM | judge FD | sharpness |", "|---|---|---|---|---|"]
+        for name, m in s_["settings"].items():
+            lines.append(f"| {name}: `{' '.join(m['overrides'])}` | {f(m['psnr'])} | {f(m['ssim'], 3)} | "
+                         f"{f(m['fd_reconstructions'], 3)} | {f(m['sharpness'])} |")
+        lines.append("")
+    w = load("vqgan_why")
+    if w:
+        lines += [f"What the judge FD measures at f8 (`{w['command']}`, {w['n_test']} test images; "
+                  f"judge accuracy on the originals {pct(w['judge_accuracy_originals'])}):", "",
+                  "| tokenizer | judge accuracy | judge FD | mean term | covariance term | sharpness | "
+                  "FD of originals blurred to that sharpness |", "|---|---|---|---|---|---|---|"]
+        for k, m in w["tokenizers"].items():
+            lines.append(f"| {k} | {pct(m['judge_accuracy'])} | {f(m['fd'], 3)} | {f(m['fd_mean_term'], 3)} | "
+                         f"{f(m['fd_covariance_term'], 3)} | {f(m['sharpness'])} | {f(m['blur_fd'], 3)} |")
+        lines.append("")
+
+
+def gpu_section(lines: list[str]) -> None:
+    r = load("gpu")
+    if not r:
+        return
+    lines += ["## Full-size presets on one GPU", "", f"Command: `python benchmarks/gpu.py --json`  ",
+              machine_line(r) + "  ", f"{r['precision']}; {r['warmup_steps']} warm-up and {r['timed_steps']} timed "
+              "steps on random data.", "",
+              "| preset | parameters | batch | throughput | TFLOP/s | of bf16 peak | peak memory | estimate |",
+              "|---|---|---|---|---|---|---|---|"]
+    for m in r["results"]:
+        speed = f"{f(m['images_per_s'], 1)} images/s" if "images_per_s" in m else f"{f(m['tokens_per_s'] / 1e3, 0)} k tokens/s"
+        lines.append(f"| `{m['preset']}` | {f(m['params_m'], 1)} M | {m['batch']} | {speed} | {f(m['achieved_tflops'], 0)} | "
+                     f"{pct(m['fraction_of_peak'])} | {f(m['peak_memory_gib'], 1)} GiB | {f(m['estimated_memory_gib'], 1)} GiB |")
+    lines.append("")
+
+
 def main() -> None:
     lines = ["# Benchmarks", "",
              "Rendered by `python benchmarks/report.py` from `benchmarks/results/*.json`; each section names the command "
              "that produced it. Fashion-MNIST here is the re-split copy in `../shared/data/fashion-mnist` (60 000 train / "
              "10 000 test, **not the official test split**), so numbers are not comparable with published ones. "
              "Timings are from a shared 2-core CPU and are noisy; compare ratios within one run.", ""]
-    for section in (text2img_sections, clip_guided_sections, tokenizer_section, quantizer_section, folder_section,
-                    data_section, throughput_section, prior_sections,
-                    sampling_section, faults_section):
+    for section in (text2img_sections, clip_guided_sections, tokenizer_section, quantizer_section, vqgan_sections,
+                    folder_section, data_section, throughput_section, prior_sections,
+                    sampling_section, gpu_section, faults_section):
         section(lines)
     out = REPO / "docs" / "benchmarks.md"
     out.write_text("\n".join(lines) + "\n")
