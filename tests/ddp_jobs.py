@@ -9,6 +9,8 @@ its final model state (codebook, EMA statistics and all). Jobs:
 
 * ``tokenizer-kmeans``: the tiny tokenizer preset as it is (k-means init from rank 0's shard, dead-code
   restarts, EMA): the codebook state every rank must hold identically.
+* ``tokenizer-restarts``: the same with every code dead at every step and more codes than a rank's
+  vectors, so that each step restarts a random subset of them.
 * ``tokenizer``: the same without k-means init and restarts, which draw from rank 0's shard by design
   (so they differ from one process on the whole batch): the run to compare with one process.
 * ``prior``: the tiny prior (3 classes over 32 codes) without condition dropout, whose draws come from
@@ -46,6 +48,7 @@ from vqgen.train import prior as prior_train  # noqa: E402
 from vqgen.train import shapes_judge as shapes_judge_train  # noqa: E402
 from vqgen.train import text2img as text2img_train  # noqa: E402
 from vqgen.train import tokenizer as tokenizer_train  # noqa: E402
+from vqgen.tokenizer.quantizer import VectorQuantizer  # noqa: E402
 from vqgen.train.common import is_sharded  # noqa: E402
 
 STEPS = 12
@@ -75,12 +78,25 @@ def run(job: str, out: Path) -> None:
     losses: list[tuple[int, float]] = []
     loop = [f"loop.max_steps={STEPS}", f"loop.save_every={STEPS}"]
     if job.startswith("tokenizer"):
-        extra = [] if job == "tokenizer-kmeans" else ["model.quantizer.kmeans_init=false",
-                                                      "model.quantizer.dead_code_threshold=0"]
+        extra = {"tokenizer-kmeans": [],
+                 # every code dead at every step, and more of them (256) than a rank's 128 vectors: a random
+                 # subset restarts, drawn on rank 0 and broadcast
+                 "tokenizer-restarts": ["model.quantizer.codebook_size=256", "model.quantizer.dead_code_threshold=1000"],
+                 }.get(job, ["model.quantizer.kmeans_init=false", "model.quantizer.dead_code_threshold=0"])
         cfg = apply_overrides(tokenizer_train.TOKENIZER_PRESETS["tiny"](), loop + extra)
+        real_restart = VectorQuantizer._restart_dead
+        if job == "tokenizer-restarts":  # ranks whose random streams differ (as with per-rank augmentation)
+            def restart(self, z):
+                torch.manual_seed(1000 + rank)
+                real_restart(self, z)
+
+            VectorQuantizer._restart_dead = restart
         recording(tokenizer_train, losses)
-        model = tokenizer_train.train_tokenizer(cfg, out / f"{job}-{world}", train_data=synthetic_images(64),
-                                                progress=False)
+        try:
+            model = tokenizer_train.train_tokenizer(cfg, out / f"{job}-{world}", train_data=synthetic_images(64),
+                                                    progress=False)
+        finally:
+            VectorQuantizer._restart_dead = real_restart
     elif job == "prior" or job.startswith("prior-"):
         fsdp = ["loop.save_every=6", f"loop.fsdp={str(job != 'prior-resume').lower()}"] if job != "prior" else []
         real = torch.compile

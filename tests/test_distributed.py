@@ -54,7 +54,7 @@ COMPARED = ["tokenizer", "prior", "classifier", "shapes-judge"]
 def jobs(tmp_path_factory) -> Path:
     """tests/ddp_jobs.py under torchrun (2 ranks) and in one process; what each rank saw, per job."""
     out = tmp_path_factory.mktemp("ddp")
-    res = _torchrun(str(TESTS / "ddp_jobs.py"), str(out), "tokenizer-kmeans", *COMPARED)
+    res = _torchrun(str(TESTS / "ddp_jobs.py"), str(out), "tokenizer-kmeans", "tokenizer-restarts", *COMPARED)
     assert res.returncode == 0, res.stderr[-3000:]
     res = subprocess.run([sys.executable, str(TESTS / "ddp_jobs.py"), str(out), *COMPARED],
                          capture_output=True, text=True, timeout=300, env=ENV)
@@ -67,10 +67,12 @@ def _load(out: Path, job: str, world: int, rank: int) -> dict:
 
 
 @pytest.mark.slow
-def test_both_ranks_hold_the_same_codebook_bit_for_bit(jobs):
-    """k-means init (rank 0's shard, broadcast), dead-code restarts (broadcast) and EMA statistics
-    (all-reduced) leave every rank with the same quantizer state — and the same weights."""
-    r0, r1 = _load(jobs, "tokenizer-kmeans", 2, 0)["state"], _load(jobs, "tokenizer-kmeans", 2, 1)["state"]
+@pytest.mark.parametrize("job", ["tokenizer-kmeans", "tokenizer-restarts"])
+def test_both_ranks_hold_the_same_codebook_bit_for_bit(jobs, job):
+    """k-means init (rank 0's shard, broadcast), dead-code restarts (which codes and onto which vectors:
+    broadcast) and EMA statistics (all-reduced) leave every rank with the same quantizer state — and the
+    same weights."""
+    r0, r1 = _load(jobs, job, 2, 0)["state"], _load(jobs, job, 2, 1)["state"]
     assert bool(r0["quantizer.initialized"])  # k-means ran
     for key in ("quantizer.embed", "quantizer.ema_count", "quantizer.ema_sum", "quantizer.usage_count"):
         assert torch.equal(r0[key], r1[key]), key
