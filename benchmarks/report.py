@@ -22,6 +22,11 @@ def f(x, nd=2) -> str:
     return f"{x:.{nd}f}" if isinstance(x, (int, float)) else str(x)
 
 
+def about(r: dict) -> list[str]:
+    """A result's own caveat (its ``about``), as an italic line of its own, or nothing."""
+    return [f"*{r['about'].rstrip('.')}.*", ""] if r.get("about") else []
+
+
 def machine_line(r: dict) -> str:
     m = r["machine"]
     gpu = f"GPU {m['cuda']}, " if m.get("cuda") else ""
@@ -136,7 +141,8 @@ def text2img_sections(lines: list[str]) -> None:
     r = load("text2img")
     if r:
         lines += ["## Text to image on `shapes` (DALL·E-mini style)", "", f"Command: `{r['command']}`  ",
-                  machine_line(r) + "  ", f"Data: {r['note']}. {r['n_captions']} test captions, "
+                  machine_line(r) + "  ", *about(r),
+                  f"Data: {r['note']}. {r['n_captions']} test captions, "
                   f"{r['n_candidates']} candidates each; preset `{r['preset']}` "
                   f"({r['params_text2img'] / 1e6:.1f} M parameters).", "",
                   f"Judge (a separate per-cell classifier, never trained on generated images): "
@@ -167,7 +173,7 @@ def text2img_sections(lines: list[str]) -> None:
     if e:
         c = e["cells"]
         lines += ["### What the prior is asked to model: the tokenizer's codes", "", f"Command: `{e['command']}`  ",
-                  machine_line(e) + "  ",
+                  machine_line(e) + "  ", *about(e),
                   f"Over {e['n_grids']} training grids ({e['grid'][0]}×{e['grid'][1]}) of the benchmark's `shapes` "
                   f"tokenizer: {e['codes_used']} of {e['vocab_size']} codes in use, {e['entropy_bits']:g} bits of "
                   f"entropy per token (at most {e['max_entropy_bits']:g}). Cells that mostly show the plain "
@@ -203,7 +209,7 @@ def clip_guided_sections(lines: list[str]) -> None:
     if r:
         c = r["clip_guided"]
         lines += ["## VQGAN + CLIP: CLIP-guided optimisation against the text-to-image model", "",
-                  f"Command: `{r['command']}`  ", machine_line(r) + "  ",
+                  f"Command: `{r['command']}`  ", machine_line(r) + "  ", *about(r),
                   f"Data: {r['note']}; the first {r['n_captions']} test captions, the same for every method, judged "
                   "by the same judge as above. CLIP-guided: one picture per caption from the `shapes` tokenizer's "
                   f"latents, lr {c['lr']:g}, {c['cutouts']} cutouts (smallest crop {c['crop_min']:g}), init "
@@ -281,7 +287,7 @@ def quantizer_section(lines: list[str]) -> None:
 
 def quantizer_table(lines: list[str], r: dict) -> None:
     lines += [f"Command: `{r['command']}`  ", machine_line(r) + "  ", f"Data: `{r['data']}` — {r['note']}.", "",
-              *([f"*{r['about']}.*", ""] if r.get("about") else []),
+              *about(r),
               f"The `{r['preset']}` preset trained {r['steps']} steps per run with only the quantizer swapped "
               f"(vector-quantize-pytorch {r['vqp_version']}'s `VectorQuantize`, settings mapped from the preset, its "
               "dead-code threshold 2); "
@@ -322,7 +328,7 @@ def vqgan_sections(lines: list[str]) -> None:
         return
     lines += ["## Stage 1 at f = 8: does the GAN earn its place? (issue 9)", "",
               f"Command: `{r['command']}`  ", machine_line(r) + "  ", f"Data: `{r['data']}` — {r['note']}.", "",
-              *([f"*{r['about']}*", ""] if r.get("about") else []),
+              *about(r),
               "| tokenizer | tokens | PSNR dB | SSIM | usage | judge FD of reconstructions | sharpness | train s |",
               "|---|---|---|---|---|---|---|---|"]
     for k in ("f4", "f8_nogan", "f8_gan"):
