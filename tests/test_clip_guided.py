@@ -129,11 +129,22 @@ def test_bad_settings_are_config_errors(bad):
         ClipGuidedConfig(**bad)
 
 
-def test_fsq_tokenizer_and_empty_captions_are_refused(world, tok):
+def test_an_fsq_tokenizer_is_steered_on_its_grid(world):
+    """FSQ's implicit codebook (its grid of levels) takes the place of the VQ codebook: the score rises and
+    the pictures are their tokens decoded."""
     scorer = load_clip(world / "clip")
-    cfg = apply_overrides(TOKENIZER_PRESETS["tiny"](), ["model.autoencoder.in_channels=3", "model.quantizer.kind=fsq"])
-    with pytest.raises(ConfigError, match="FSQ"):
-        clip_guided(VQTokenizer(cfg.model), scorer, CAPTIONS, ClipGuidedConfig(steps=1))
+    cfg = apply_overrides(TOKENIZER_PRESETS["tiny"](), ["model.autoencoder.in_channels=3", "model.quantizer.kind=fsq",
+                                                          "model.quantizer.fsq_levels=[5, 4, 3]"])
+    torch.manual_seed(0)
+    fsq = VQTokenizer(cfg.model).eval()
+    out = clip_guided(fsq, scorer, CAPTIONS, ClipGuidedConfig(**FAST, init="noise"))
+    assert out.tokens.min() >= 0 and out.tokens.max() < 60
+    assert (out.history[-1] > out.history[0]).all(), out.history
+    assert torch.equal(out.images, to_uint8(fsq.decode(out.tokens)))
+
+
+def test_empty_captions_are_refused(world, tok):
+    scorer = load_clip(world / "clip")
     for captions in ([], ["  "], "a red circle"):
         with pytest.raises(ConfigError, match="non-empty list of non-empty captions"):
             clip_guided(tok, scorer, captions, ClipGuidedConfig(steps=1))

@@ -173,6 +173,23 @@ def test_fsq_has_prod_levels_codes_and_decodes_its_own_indices():
     assert levels.tolist() == list(range(-4, 4))
 
 
+def test_fsq_lookup_space_agrees_with_its_forward():
+    """The lookup-space view CLIP-guided generation uses: projecting and looking up gives the forward's ids,
+    and an id's grid point, projected out, is the latent codes_to_latents gives."""
+    q = FSQuantizer(16, QuantizerConfig(kind="fsq", fsq_levels=(8, 5, 3)))
+    z = _z(b=4, c=16) * 3  # (B, C, h, w)
+    out = q(z)
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 16)  # (N, C)
+    assert torch.equal(q.lookup(q._project(flat)), out.indices.flatten())
+    book = q.codebook()  # (K, d)
+    assert book.shape == (8 * 5 * 3, 3) and book.min() >= -1 and book.max() <= 1
+    assert book.unique(dim=0).shape[0] == q.codebook_size  # every id its own point
+    assert torch.equal(q.lookup(book), torch.arange(q.codebook_size))  # each point is its own nearest code
+    assert torch.equal(q.lookup(book * 7), q.lookup(book.sign() * 7))  # far outside the box: the edge levels
+    ids = out.indices[:1]  # (1, h, w)
+    assert torch.allclose(q.proj_out(book[ids]).permute(0, 3, 1, 2), q.codes_to_latents(ids), atol=1e-6)
+
+
 def test_fsq_gradients_flow_through_rounding():
     q = FSQuantizer(16, QuantizerConfig(kind="fsq", fsq_levels=(5, 5, 5)))
     z = _z(c=16).requires_grad_(True)

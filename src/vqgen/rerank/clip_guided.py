@@ -4,8 +4,8 @@ The tokenizer's latent grid is optimised by gradient steps so that a CLIP model 
 picture close to the caption (Crowson et al. 2022, "VQGAN-CLIP", https://arxiv.org/abs/2204.08583).
 The variables are one vector per token cell in the quantizer's lookup space, ``c`` (B, h, w, D). Each step:
 
-1. snaps every vector to its nearest codebook entry (l2-normalised first for an l2 codebook), with a
-   straight-through gradient to ``c`` (van den Oord et al. 2017, https://arxiv.org/abs/1711.00937);
+1. snaps every vector to its nearest codebook entry (l2-normalised first for an l2 codebook; for FSQ,
+   Mentzer et al. 2023, the nearest point of its grid of levels), with a straight-through gradient to ``c`` (van den Oord et al. 2017, https://arxiv.org/abs/1711.00937);
 2. decodes the snapped grid (``proj_out`` → ``post_quant_conv`` → decoder), clamped to [-1, 1] with the
    gradient passed through the clamp (VQGAN-CLIP's ``ClampWithGrad``);
 3. takes ``cutouts`` random square crops of each picture, side a random fraction in [``crop_min``, 1]
@@ -18,8 +18,8 @@ The variables are one vector per token cell in the quantizer's lookup space, ``c
 The result's pictures are ``tokenizer.decode(tokens)`` of the last snap, so they are exactly what their
 tokens decode to. ``history`` holds the CLIP score of the snapped picture before every step and, last,
 of the result. Anything the scorer can embed with gradients works: this project's CLIP or a
-``transformers`` CLIPModel (``vqgen.rerank.clip``), with any vector-quantized tokenizer, one imported from
-a taming-transformers checkpoint included.
+``transformers`` CLIPModel (``vqgen.rerank.clip``), with any tokenizer of this project, VQ or FSQ, one
+imported from a taming-transformers checkpoint included.
 """
 from __future__ import annotations
 
@@ -34,7 +34,9 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..images import load_picture, to_model_range, to_uint8
-from ..tokenizer.quantizer import VectorQuantizer
+from ..tokenizer.quantizer import FSQuantizer, VectorQuantizer
+
+Quantizer = VectorQuantizer | FSQuantizer  # both offer codebook(), lookup(), _project() and proj_out
 from ..tokenizer.vqgan import VQTokenizer
 from .clip import HFClipScorer, OwnClipScorer, clip_score
 
@@ -100,9 +102,6 @@ def clip_guided(tokenizer: VQTokenizer, scorer: OwnClipScorer | HFClipScorer, ca
     if isinstance(captions, str) or not captions or not all(isinstance(c, str) and c.strip() for c in captions):
         raise ConfigError("clip-guided generation takes a non-empty list of non-empty captions, one per picture")
     quantizer = tokenizer.quantizer
-    if not isinstance(quantizer, VectorQuantizer):
-        raise ConfigError("clip-guided generation moves latents between codebook entries: it needs a vector-quantized "
-                          "tokenizer, and this one uses FSQ")
     was = tokenizer.training
     tokenizer.eval()  # the quantizer's EMA and restarts must not move the codebook
     try:
@@ -111,7 +110,7 @@ def clip_guided(tokenizer: VQTokenizer, scorer: OwnClipScorer | HFClipScorer, ca
         tokenizer.train(was)
 
 
-def _optimise(tokenizer: VQTokenizer, quantizer: VectorQuantizer, scorer, captions: list[str],
+def _optimise(tokenizer: VQTokenizer, quantizer: Quantizer, scorer, captions: list[str],
               cfg: ClipGuidedConfig, progress: bool) -> ClipGuidedResult:
     device = next(tokenizer.parameters()).device
     gen = torch.Generator().manual_seed(cfg.seed)  # init and crops: the same on every device
@@ -162,7 +161,7 @@ def _score(scorer, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     return clip_score(scorer.embed_images(to_model_range(images)), text)  # (B,)
 
 
-def _init(tokenizer: VQTokenizer, quantizer: VectorQuantizer, codebook: torch.Tensor, init: str, b: int,
+def _init(tokenizer: VQTokenizer, quantizer: Quantizer, codebook: torch.Tensor, init: str, b: int,
           gen: torch.Generator) -> torch.Tensor:
     """Starting latents (B, h, w, D) in the lookup space, on the CPU."""
     h, w = tokenizer.cfg.grid
@@ -182,7 +181,7 @@ def _init(tokenizer: VQTokenizer, quantizer: VectorQuantizer, codebook: torch.Te
     return c.view(1, z.shape[2], z.shape[3], -1).expand(b, -1, -1, -1).cpu()  # (B, h, w, D)
 
 
-def _snap(quantizer: VectorQuantizer, codebook: torch.Tensor,
+def _snap(quantizer: Quantizer, codebook: torch.Tensor,
           latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(nearest codes with a straight-through gradient (B, h, w, D), their ids (B, h, w))."""
     z = F.normalize(latent, dim=-1) if quantizer.cfg.l2_normalize else latent  # (B, h, w, D)
@@ -190,7 +189,7 @@ def _snap(quantizer: VectorQuantizer, codebook: torch.Tensor,
     return codebook[idx] + (z - z.detach()), idx  # exactly the codes forward, identity backward
 
 
-def _decode(tokenizer: VQTokenizer, quantizer: VectorQuantizer, codebook: torch.Tensor,
+def _decode(tokenizer: VQTokenizer, quantizer: Quantizer, codebook: torch.Tensor,
             latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Pictures in [-1, 1] (B, C, H, W), differentiable in ``latent``, and the token ids they show."""
     q, idx = _snap(quantizer, codebook, latent)  # (B, h, w, D), (B, h, w)

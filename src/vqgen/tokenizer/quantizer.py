@@ -281,8 +281,8 @@ class FSQuantizer(nn.Module):
         flat = self.proj_in(rearrange(z, "b c h w -> (b h w) c").float())  # (N, d)
         bounded = self._bound(flat)
         q = bounded + (torch.round(bounded) - bounded).detach()  # straight-through rounding, (N, d)
-        half_width = torch.div(self.levels, 2, rounding_mode="floor")
-        idx = ((q.detach() + half_width) * self.basis).sum(1).long()  # (N,)
+        half_width = self._half_width()
+        idx = self._index(q.detach())  # (N,)
         z_q = rearrange(self.proj_out(q / half_width), "(b h w) c -> b c h w", b=b, h=h, w=w)
         counts = torch.bincount(idx, minlength=self.codebook_size)
         perplexity, usage = code_histogram_stats(counts)
@@ -292,10 +292,37 @@ class FSQuantizer(nn.Module):
     def codes_to_latents(self, indices: torch.Tensor) -> torch.Tensor:  # (B, h, w) -> (B, C, h, w)
         if indices.min() < 0 or indices.max() >= self.codebook_size:
             raise ValueError(f"token ids must lie in [0, {self.codebook_size}), got [{int(indices.min())}, {int(indices.max())}]")
-        half_width = torch.div(self.levels, 2, rounding_mode="floor")
-        digits = (indices.unsqueeze(-1) // self.basis) % self.levels.long()  # (B, h, w, d)
-        q = (digits.float() - half_width) / half_width
-        return rearrange(self.proj_out(q), "b h w c -> b c h w")
+        return rearrange(self.proj_out(self._grid_point(indices)), "b h w c -> b c h w")
+
+    # The lookup-space view that CLIP-guided generation (vqgen.rerank.clip_guided) shares with VectorQuantizer:
+    # FSQ's implicit codebook is the grid of its rounded, rescaled values, and the nearest grid point is a
+    # rounding.
+
+    def _half_width(self) -> torch.Tensor:
+        return torch.div(self.levels, 2, rounding_mode="floor")  # (d,)
+
+    def _index(self, rounded: torch.Tensor) -> torch.Tensor:
+        """Integer grid values (N, d), each in [-⌊L/2⌋, L-1-⌊L/2⌋] → code ids (N,)."""
+        return ((rounded + self._half_width()) * self.basis).sum(-1).long()
+
+    def _grid_point(self, indices: torch.Tensor) -> torch.Tensor:
+        """Code ids (...) → their points (..., d) in the lookup space: each value in [-1, 1]."""
+        digits = (indices.unsqueeze(-1) // self.basis) % self.levels.long()  # (..., d)
+        return (digits.float() - self._half_width()) / self._half_width()
+
+    def codebook(self) -> torch.Tensor:
+        """Every code's point in the lookup space (K, d), in id order."""
+        return self._grid_point(torch.arange(self.codebook_size, device=self.levels.device))
+
+    def _project(self, z: torch.Tensor) -> torch.Tensor:
+        """Encoder vectors (N, C) → the lookup space (N, d), before rounding."""
+        return self._bound(self.proj_in(z)) / self._half_width()
+
+    def lookup(self, z: torch.Tensor) -> torch.Tensor:
+        """Nearest code ids of lookup-space vectors z (N, d) → (N,): each value rounded to its grid."""
+        hw = self._half_width()
+        rounded = torch.minimum(torch.maximum(torch.round(z * hw), -hw), self.levels - 1 - hw)  # (N, d)
+        return self._index(rounded)
 
 
 def build_quantizer(in_dim: int, cfg: QuantizerConfig) -> nn.Module:
