@@ -271,7 +271,7 @@ def _trace_text2img(cfg, b: int) -> tuple[int, int]:
 
     def forward() -> None:
         states, mask = model.encode_text(ids)  # (b, L, C), (b, L)
-        model.decode(model.memories(states), mask, inputs, 0)  # (b, HW, V)
+        model.decode(model.memories(states), mask, inputs, 0, modulations=model.modulations(states, mask))  # (b, HW, V)
 
     return model.num_params(), saved_bytes(forward, list(model.parameters()))
 

@@ -132,16 +132,58 @@ def test_decoder_is_causal_and_conditioned_on_the_caption():
     assert not torch.allclose(model(ids.flip(0), toks)[0], logits[0])
 
 
-@pytest.mark.parametrize("scale", [1.0, 3.0])
-def test_kv_cache_and_naive_sampling_draw_the_same_tokens(scale):
+@pytest.mark.parametrize("scale,modulated", [(1.0, False), (3.0, False), (3.0, True)])
+def test_kv_cache_and_naive_sampling_draw_the_same_tokens(scale, modulated):
     torch.manual_seed(0)
-    model = TextToImage(small_config())
+    model = TextToImage(small_config(text_modulation=modulated))
+    if modulated:
+        _randomise_modulation(model)
     ids = caption_ids()
     a = sample_tokens(model, ids, guidance_scale=scale, top_k=8, generator=torch.Generator().manual_seed(3))
     b = sample_tokens(model, ids, guidance_scale=scale, top_k=8, generator=torch.Generator().manual_seed(3),
                       use_cache=False)
     assert a.shape == (4, 3, 3) and torch.equal(a, b)
     assert model.training  # the sampler restores the mode it found
+
+
+def _randomise_modulation(model: TextToImage) -> None:
+    """Move the zero-initialised modulation to what training would leave: nonzero shifts and scales."""
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for layer in model.modulation:
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) * 0.2)
+            layer.bias.copy_(torch.randn(layer.bias.shape, generator=g) * 0.2)
+
+
+def test_text_modulation_starts_as_the_plain_model_and_then_conditions_every_position():
+    torch.manual_seed(0)
+    plain = TextToImage(small_config()).eval()
+    torch.manual_seed(0)
+    modulated = TextToImage(small_config(text_modulation=True)).eval()
+    ids, toks = caption_ids(), torch.randint(0, 16, (4, 9))
+    # adaLN-Zero: the same weights elsewhere, zero shifts and scales, so the same logits
+    missing, unexpected = modulated.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("modulation.") for k in missing)
+    assert torch.allclose(modulated(ids, toks), plain(ids, toks), atol=1e-6)
+    _randomise_modulation(modulated)
+    out = modulated(ids, toks)
+    assert not torch.allclose(out, plain(ids, toks), atol=1e-3)
+    # with cross-attention silenced the plain decoder ignores the caption; the modulated one still reads it
+    with torch.no_grad():
+        for model in (plain, modulated):
+            for block in model.blocks:
+                block.cross.proj.weight.zero_()
+                block.cross.proj.bias.zero_()
+    other = ids.flip(0)
+    assert torch.allclose(plain(other, toks), plain(ids, toks), atol=1e-6)
+    assert not torch.allclose(modulated(other, toks), modulated(ids, toks), atol=1e-3)
+    # the pool is a mean over the real tokens: less padding changes nothing
+    assert torch.allclose(modulated(ids[:, :8], toks), modulated(ids, toks), atol=1e-5)
+    states, mask = modulated.encode_text(ids)
+    with pytest.raises(ValueError, match="modulations"):
+        modulated.decode(modulated.memories(states), mask, toks, 0)
+    with pytest.raises(ValueError, match="modulations"):
+        plain.decode(plain.memories(states), mask, toks, 0, modulations=modulated.modulations(states, mask))
 
 
 def test_super_conditioning_mixes_caption_and_empty_caption_logits():
@@ -172,9 +214,12 @@ def test_caption_dropout_uses_the_empty_caption():
             small_config(temperature=bad)
 
 
-def test_save_and_load_are_strict_and_carry_the_tokenizer(tmp_path):
+@pytest.mark.parametrize("modulated", [False, True])
+def test_save_and_load_are_strict_and_carry_the_tokenizer(tmp_path, modulated):
     torch.manual_seed(0)
-    model = TextToImage(small_config())
+    model = TextToImage(small_config(text_modulation=modulated))
+    if modulated:
+        _randomise_modulation(model)
     tok = CaptionTokenizer.train(["a red circle"] * 5, vocab_size=300)
     model.save_pretrained(tmp_path / "m", tok)
     again = TextToImage.from_pretrained(tmp_path / "m")

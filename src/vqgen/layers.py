@@ -273,7 +273,11 @@ class CrossAttention(nn.Module):
 
 class DecoderBlock(nn.Module):
     """Pre-LayerNorm decoder block: causal self-attention (KV-cached), cross-attention to the
-    context, MLP — each a residual branch (the Transformer decoder, https://arxiv.org/abs/1706.03762)."""
+    context, MLP — each a residual branch (the Transformer decoder, https://arxiv.org/abs/1706.03762).
+
+    ``modulation`` (B, 1, 6·C), when given, shifts and scales the three normalised inputs,
+    ``LN(x)·(1 + scale) + shift`` (adaptive LayerNorm, as DiT conditions its blocks, Peebles & Xie 2022,
+    https://arxiv.org/abs/2212.09748); zeros leave the block as it is without."""
 
     def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0):
         super().__init__()
@@ -285,10 +289,16 @@ class DecoderBlock(nn.Module):
         self.mlp = MLP(n_embd, 4 * n_embd, dropout)
 
     def forward(self, x: torch.Tensor, memory: tuple[torch.Tensor, torch.Tensor],
-                memory_mask: torch.Tensor | None, cache: KVCache | None = None) -> torch.Tensor:  # (B, T, C)
-        x = x + self.attn(self.ln1(x), cache)  # (B, T, C)
-        x = x + self.cross(self.ln2(x), memory, memory_mask)  # (B, T, C)
-        return x + self.mlp(self.ln3(x))  # (B, T, C)
+                memory_mask: torch.Tensor | None, cache: KVCache | None = None,
+                modulation: torch.Tensor | None = None) -> torch.Tensor:  # (B, T, C)
+        if modulation is None:
+            x = x + self.attn(self.ln1(x), cache)  # (B, T, C)
+            x = x + self.cross(self.ln2(x), memory, memory_mask)  # (B, T, C)
+            return x + self.mlp(self.ln3(x))  # (B, T, C)
+        shift1, scale1, shift2, scale2, shift3, scale3 = modulation.chunk(6, dim=-1)  # 6 × (B, 1, C)
+        x = x + self.attn(self.ln1(x) * (1 + scale1) + shift1, cache)  # (B, T, C)
+        x = x + self.cross(self.ln2(x) * (1 + scale2) + shift2, memory, memory_mask)  # (B, T, C)
+        return x + self.mlp(self.ln3(x) * (1 + scale3) + shift3)  # (B, T, C)
 
 
 # ---------------------------------------------------------------------------------------------

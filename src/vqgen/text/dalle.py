@@ -7,6 +7,12 @@ https://wandb.ai/dalle-mini/dalle-mini/reports/DALL-E-Mini-Explained--Vmlldzo4Nj
 input is ``[start, t_0, ..., t_{HW-2}]`` with the start token's id equal to the codebook size, and
 output ``s`` predicts ``t_s``. Image tokens get learned row + column embeddings of their grid cell.
 
+With ``text_modulation`` the caption also reaches every decoder position directly: its states' mean over
+the real tokens sets, per decoder block, a shift and scale of the three LayerNorms' outputs (adaLN-Zero,
+Peebles & Xie 2022, https://arxiv.org/abs/2212.09748; the projections start at zero, so the model starts
+as the one without). Cross-attention alone has to learn where in the caption to look before a word can
+change a position's output; a scale multiplies the caption into each position's features at once.
+
 Caption dropout (training) replaces a caption by the empty one (``<s></s>``) with probability
 ``caption_drop_prob``, which teaches the unconditional model used by super-conditioning at sampling
 time (``logits = uncond + s·(cond − uncond)``, classifier-free guidance, Ho & Salimans 2022,
@@ -55,6 +61,7 @@ class TextToImageConfig:
     hf_text_encoder: dict[str, Any] | None = None  # a transformers config dict: its encoder replaces ours
     freeze_text_encoder: bool = False  # with hf_text_encoder: train only the decoder and projection
     activation_checkpointing: bool = False  # recompute block activations in backward (layers.run_block)
+    text_modulation: bool = False     # the pooled caption shifts and scales each decoder block's LayerNorms
 
     def __post_init__(self) -> None:
         self.grid = tuple(self.grid)
@@ -155,8 +162,14 @@ class TextToImage(nn.Module):
         self.register_buffer("cell_row", cells // w, persistent=False)  # (HW,)
         self.register_buffer("cell_col", cells % w, persistent=False)  # (HW,)
         # GPT-2 initialisation of all but a pretrained encoder; three residual branches per decoder block
+        # adaLN-Zero: per block, the pooled caption → 6·C shifts and scales, from zero
+        self.modulation = (nn.ModuleList(nn.Linear(c, 6 * c) for _ in range(config.n_dec_layer))
+                           if config.text_modulation else None)
         init_gpt_weights(self, self.blocks, n_residual=3 * config.n_dec_layer,
                          skip=() if config.hf_text_encoder is None else ("text_encoder",))
+        for layer in self.modulation or ():
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
         if config.freeze_text_encoder:
             if config.hf_text_encoder is None:
                 raise ValueError("freeze_text_encoder needs a pretrained hf_text_encoder")
@@ -199,6 +212,15 @@ class TextToImage(nn.Module):
         """Cross-attention keys/values of the encoded caption, one pair per decoder layer (computed once)."""
         return [block.cross.memory(states) for block in self.blocks]
 
+    def modulations(self, states: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor] | None:
+        """Per decoder layer, the shifts and scales (B, 1, 6·C) of the caption's ``text_modulation``, once
+        per caption; None without it. ``states`` (B, L, C) and the bool ``mask`` (B, L) of :meth:`encode_text`."""
+        if self.modulation is None:
+            return None
+        m = mask.to(states.dtype)[..., None]  # (B, L, 1)
+        pooled = F.silu((states * m).sum(1) / m.sum(1))  # (B, C): mean over the real tokens
+        return [layer(pooled)[:, None] for layer in self.modulation]  # per layer (B, 1, 6C)
+
     def new_caches(self, batch: int) -> list[KVCache]:
         p = self.head.weight
         return [blk.attn.new_cache(batch, self.config.seq_len, device=p.device, dtype=p.dtype) for blk in self.blocks]
@@ -217,7 +239,8 @@ class TextToImage(nn.Module):
 
     def decode(self, memories: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor,
                inputs: torch.Tensor, start: int, caches: list[KVCache] | None = None,
-               last_only: bool = False, positions: torch.Tensor | None = None) -> torch.Tensor:
+               last_only: bool = False, positions: torch.Tensor | None = None,
+               modulations: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Decoder over input positions ``start .. start+T-1`` → logits (B, T, V) (or (B, 1, V)).
 
         ``inputs`` (B, T) are decoder inputs: position 0 holds the start token, position s ≥ 1 the
@@ -225,8 +248,11 @@ class TextToImage(nn.Module):
         its own ``start_pos``), and its output predicts image token s. ``mask`` (B, L) is the
         caption mask of :meth:`encode_text` (bool, True at real tokens) or the same as an additive
         float mask (0 / −inf, see :func:`vqgen.layers.additive_mask`). ``positions``: the
-        :meth:`position_table`, if the caller keeps one.
+        :meth:`position_table`, if the caller keeps one. ``modulations``: :meth:`modulations` of the
+        captions, required with ``text_modulation``.
         """
+        if (modulations is None) != (self.modulation is None):
+            raise ValueError("decode needs modulations exactly when the model has text_modulation")
         t = inputs.shape[1]
         if positions is None:
             where = self._position_embeddings(torch.arange(start, start + t, device=inputs.device))  # (T, C)
@@ -235,7 +261,8 @@ class TextToImage(nn.Module):
         x = self.drop(self.tok_emb(inputs) + where)  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = run_block(block, self.config.activation_checkpointing, x, memories[i], mask,
-                          None if caches is None else caches[i])  # (B, T, C)
+                          None if caches is None else caches[i],
+                          None if modulations is None else modulations[i])  # (B, T, C)
         if last_only:
             x = x[:, -1:]  # (B, 1, C)
         return self.head(self.ln_f(x))  # (B, T', V)
@@ -247,7 +274,8 @@ class TextToImage(nn.Module):
         states, mask = self.encode_text(ids)  # (B, L, C), (B, L)
         start = torch.full_like(tokens[:, :1], self.start_id)  # (B, 1)
         inputs = torch.cat([start, tokens[:, :-1]], dim=1)  # (B, HW)
-        return self.decode(self.memories(states), mask, inputs, 0)  # (B, HW, V)
+        return self.decode(self.memories(states), mask, inputs, 0,
+                           modulations=self.modulations(states, mask))  # (B, HW, V)
 
     def loss(self, ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy (nats). In training mode each caption is replaced by the

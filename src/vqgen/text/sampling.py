@@ -1,7 +1,7 @@
 """Sampling image tokens from a :class:`TextToImage` model.
 
-The caption is encoded once and each decoder layer's cross-attention keys/values are computed once
-per caption; self-attention keys/values are KV-cached, so each step runs the decoder on one new
+The caption is encoded once and each decoder layer's cross-attention keys/values (and, with
+``text_modulation``, its LayerNorm shifts and scales) are computed once per caption; self-attention keys/values are KV-cached, so each step runs the decoder on one new
 position. Super-conditioning (DALL·E mini's name for classifier-free guidance, Ho & Salimans 2022,
 https://arxiv.org/abs/2207.12598) runs the caption and the empty caption as one batch of 2n rows and
 mixes logits = uncond + s·(cond − uncond). Temperature, top-k, top-p and seeded generators are the
@@ -46,22 +46,26 @@ def sample_tokens(model: TextToImage, ids: torch.Tensor, *, temperature: float =
 
     with eval_mode(model):
         states, mask = model.encode_text(ids)  # (B, L, C), (B, L)
+        mods = model.modulations(states, mask)  # per layer (B, 1, 6C) or None, once per caption
         # the bool caption mask as the additive mask attention would convert it to at every call
-        mask = additive_mask(mask, states.dtype)  # (B, L): 0 at real tokens, -inf at padding
+        bool_mask, mask = mask, additive_mask(mask, states.dtype)  # (B, L): 0 at real tokens, -inf at padding
         if use_cache:
             memories = model.memories(states)  # per layer: 2 × (B, nh, L, hd), once per caption
             caches = model.new_caches(b)
             positions = model.position_table()  # (HW, C), once instead of once per step
-            logits = model.decode(memories, mask, inputs[:, :1], 0, caches, positions=positions)  # (B, 1, V)
+            logits = model.decode(memories, mask, inputs[:, :1], 0, caches, positions=positions,
+                                  modulations=mods)  # (B, 1, V)
             for i in range(seq):
                 tok = pick(logits[:, -1])  # (n,)
                 out[:, i] = tok
                 if i + 1 < seq:
                     step_in = torch.cat([tok, tok])[:, None] if guided else tok[:, None]  # (B, 1)
-                    logits = model.decode(memories, mask, step_in, i + 1, caches, positions=positions)  # (B, 1, V)
+                    logits = model.decode(memories, mask, step_in, i + 1, caches, positions=positions,
+                                          modulations=mods)  # (B, 1, V)
         else:
             for i in range(seq):
-                logits = model.decode(model.memories(states), mask, inputs[:, :i + 1], 0, last_only=True)  # (B, 1, V)
+                logits = model.decode(model.memories(states), mask, inputs[:, :i + 1], 0, last_only=True,
+                                      modulations=model.modulations(states, bool_mask))  # (B, 1, V)
                 tok = pick(logits[:, -1])  # (n,)
                 out[:, i] = tok
                 if i + 1 < seq:

@@ -215,7 +215,8 @@ def _tiny() -> TextToImageTrainConfig:
     """Seconds on a CPU: for tests (a 32-code tiny tokenizer's 4×4 grids)."""
     return TextToImageTrainConfig(
         model=TextToImageConfig(vocab_size=32, grid=(4, 4), text_vocab_size=300, max_text_len=32, n_embd=32,
-                                n_head=2, n_enc_layer=1, n_dec_layer=2, caption_drop_prob=0.2, guidance_scale=2.0),
+                                n_head=2, n_enc_layer=1, n_dec_layer=2, caption_drop_prob=0.2, guidance_scale=2.0,
+                                text_modulation=True),
         optim=OptimConfig(lr=3e-3, warmup_steps=5),
         loop=LoopConfig(batch_size=16, max_steps=20, save_every=10, log_every=5),
         bpe_vocab_size=300)
