@@ -184,7 +184,8 @@ def _init(tokenizer: VQTokenizer, quantizer: Quantizer, codebook: torch.Tensor, 
 def _snap(quantizer: Quantizer, codebook: torch.Tensor,
           latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(nearest codes with a straight-through gradient (B, h, w, D), their ids (B, h, w))."""
-    z = F.normalize(latent, dim=-1) if quantizer.cfg.l2_normalize else latent  # (B, h, w, D)
+    l2 = isinstance(quantizer, VectorQuantizer) and quantizer.cfg.l2_normalize  # FSQ ignores the VQ options
+    z = F.normalize(latent, dim=-1) if l2 else latent  # (B, h, w, D)
     idx = quantizer.lookup(z.detach().flatten(0, 2)).view(latent.shape[:3])  # (B, h, w)
     return codebook[idx] + (z - z.detach()), idx  # exactly the codes forward, identity backward
 

@@ -231,11 +231,18 @@ def _shapes() -> TextToImageTrainConfig:
     each, fully correct, mean of single / two / held out): at temperature 1, scales 1 / 1.5 / 2 / 3 gave
     4.2 / 4.6 / 2.9 / 0.8 %; at 0.7, 2.9 / 5.0 / 5.0 / 2.1 %; at 0.5, 2.1 / 5.4 / 6.3 / 1.7 % (single-object
     captions 11 % at scale 1, temperature 1 → 16 %). Stronger guidance draws truer colours and shapes but
-    more stray objects; a lower temperature cuts unlikely tokens that start a shape in the wrong cell."""
+    more stray objects; a lower temperature cuts unlikely tokens that start a shape in the wrong cell.
+    Those defaults were measured on the earlier VQ tokens, before text modulation.
+
+    Text modulation (adaLN-Zero, ``TextToImageConfig.text_modulation``), a single run on the FSQ tokens of
+    the ``shapes`` tokenizer, first 200 test captions, the demo's CLIP and judge: test bits/token 1.58 →
+    1.51; single-object captions fully right with one sample 13.8 % → 28.7 % (guided 21.2 → 31.2 %), CLIP's
+    best of 8, guided, 36 → 51 %; the likelihood picks the caption's shape among the five for 84 %
+    of single-object test images before this change (VQ tokens without it: 70 %, with it: 89 %)."""
     return TextToImageTrainConfig(
         model=TextToImageConfig(vocab_size=512, grid=(8, 8), text_vocab_size=512, max_text_len=24, n_embd=192,
                                 n_head=6, n_enc_layer=2, n_dec_layer=4, caption_drop_prob=0.1, guidance_scale=2.0,
-                                temperature=0.5),
+                                temperature=0.5, text_modulation=True),
         optim=OptimConfig(lr=2e-3, betas=(0.9, 0.95), weight_decay=0.01, warmup_steps=100, min_lr_ratio=0.1),
         loop=LoopConfig(batch_size=32, max_steps=1000, save_every=500, log_every=25),
         bpe_vocab_size=512)
