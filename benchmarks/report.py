@@ -183,10 +183,34 @@ def text2img_sections(lines: list[str]) -> None:
                   f"{e['far_object_changes_top_left_cells']:g} of the 9 top-left token cells "
                   f"({e['far_object_scenes']} scenes against the empty one): GroupNorm's statistics span the whole "
                   "picture, so background codes depend on every object, and the text-to-image model has to predict "
-                  "that dependence before it draws anything. A local tokenizer is the next lever on the figures "
-                  "above (an encoder with per-pixel channel LayerNorm in place of GroupNorm was tried once: its "
-                  "background codes still varied, because k-means and dead-code restarts place many codes in the "
-                  "dense background cluster — see issue 12 on the restart rule).", ""]
+                  "that dependence before it draws anything. How much of it the quantizer decides: next section.",
+                  ""]
+    q = load("shapes_tokenizers")
+    if q:
+        lines += ["### VQ against FSQ for the text-to-image model", "", f"Command: `{q['command']}`  ",
+                  machine_line(q) + "  ", *about(q),
+                  f"Data: {q['note']}. Each row is the `shapes` tokenizer preset (800 steps) with another quantizer; "
+                  "one run each. Cell entropy: the mean over the token cells of each cell's code entropy; most "
+                  "cells show the plain background, so these bits are noise the prior must predict. Judge: "
+                  "pictures read fully right after a round trip through the tokenizer.", "",
+                  "| quantizer | codes used | bits / token | mean cell entropy | top-left cell | judge on "
+                  "reconstructions |", "|---|---|---|---|---|---|"]
+        for name, t in q["tokenizers"].items():
+            tl = t["top_left_cell"]
+            lines.append(f"| {name} | {t['codes_used']} of {t['vocab_size']} | {t['entropy_bits']:.2f} | "
+                         f"{t['mean_cell_entropy_bits']:.2f} bits | {tl['distinct_codes']} codes, "
+                         f"{tl['entropy_bits']:.2f} bits | {pct(t['judge_fully_correct_reconstructions'])} |")
+        lines += ["", f"The `shapes` text-to-image preset (1000 steps) on each one's tokens, first {q['n_captions']} "
+                  "test captions, the same CLIP and judge (`+mod`: with text modulation, adaLN-Zero), fully correct "
+                  "(single-object captions; two objects and held out in the JSON):", "",
+                  "| tokens | test bits/token | no rerank | rerank 8 | no rerank, guided | rerank 8, guided | "
+                  "shape | position |", "|---|---|---|---|---|---|---|---|"]
+        for name, t in q["text2img"].items():
+            m = t["single"]
+            lines.append(f"| {name} | {t['test_bits_per_token']:.2f} | {pct(m['no_rerank'])} | {pct(m['rerank8'])} | "
+                         f"{pct(m['no_rerank_guided'])} | {pct(m['rerank8_guided'])} | "
+                         f"{pct(t['per_attribute']['shape'])} | {pct(t['per_attribute']['position'])} |")
+        lines.append("")
     s_ = load("text2img_sampling")
     if s_:
         kv = s_["kv_tokens_per_s"]
