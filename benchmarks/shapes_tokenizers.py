@@ -128,8 +128,9 @@ def main() -> None:
     for spec in filter(None, args.text2img.split(",")):
         name, mod = spec.removesuffix("+mod"), spec.endswith("+mod")
         tok_dir, tokens = work / name / "tokenizer", work / name / "tokens"
-        encode_dataset(TokenizerCodec(VQTokenizer.from_pretrained(tok_dir), str(tok_dir)), "shapes", tokens,
-                       progress=progress)  # finished shards are skipped
+        if not all((tokens / split / "done.json").exists() for split in ("train", "test")):
+            encode_dataset(TokenizerCodec(VQTokenizer.from_pretrained(tok_dir), str(tok_dir)), "shapes", tokens,
+                           progress=progress)  # finished shards are skipped
         run_dir = work / name / ("text2img-mod" if mod else "text2img")
         if not (run_dir / "model.safetensors").exists():
             cfg = apply_overrides(TEXT2IMG_PRESETS["shapes"](), [f"model.vocab_size={load_tokens(tokens).vocab_size}",

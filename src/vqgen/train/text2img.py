@@ -232,13 +232,15 @@ def _shapes() -> TextToImageTrainConfig:
     4.2 / 4.6 / 2.9 / 0.8 %; at 0.7, 2.9 / 5.0 / 5.0 / 2.1 %; at 0.5, 2.1 / 5.4 / 6.3 / 1.7 % (single-object
     captions 11 % at scale 1, temperature 1 → 16 %). Stronger guidance draws truer colours and shapes but
     more stray objects; a lower temperature cuts unlikely tokens that start a shape in the wrong cell.
-    Those defaults were measured on the earlier VQ tokens, before text modulation.
+    Those figures are from the earlier VQ tokens without text modulation; the same sweep on a fresh ``make
+    demo`` run of these presets (``--work runs/demo``, benchmarks/results/text2img_demo.json) again puts
+    scale 2, temperature 0.5 first: mean 12.5 %, single-object captions 27.5 %.
 
-    Text modulation (adaLN-Zero, ``TextToImageConfig.text_modulation``), a single run on the FSQ tokens of
-    the ``shapes`` tokenizer, first 200 test captions, the demo's CLIP and judge: test bits/token 1.58 →
-    1.51; single-object captions fully right with one sample 13.8 % → 28.7 % (guided 21.2 → 31.2 %), CLIP's
-    best of 8, guided, 36 → 51 %; the likelihood picks the caption's shape among the five for 84 %
-    of single-object test images before this change (VQ tokens without it: 70 %, with it: 89 %)."""
+    Text modulation (adaLN-Zero, ``TextToImageConfig.text_modulation``), ``python
+    benchmarks/shapes_tokenizers.py --json`` (one run each on the FSQ tokens of the ``shapes`` tokenizer,
+    first 200 test captions): test bits/token 1.58 → 1.51; single-object captions fully right with one
+    sample 13.8 % → 28.7 % (guided 21.2 → 31.2 %), CLIP's best of 8, guided, 36 → 51 %. The fresh ``make
+    demo`` run of these presets: 20 % / 30 % / 36 % (one sample / guided / best of 8, guided)."""
     return TextToImageTrainConfig(
         model=TextToImageConfig(vocab_size=512, grid=(8, 8), text_vocab_size=512, max_text_len=24, n_embd=192,
                                 n_head=6, n_enc_layer=2, n_dec_layer=4, caption_drop_prob=0.1, guidance_scale=2.0,

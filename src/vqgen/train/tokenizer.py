@@ -368,13 +368,13 @@ def _shapes() -> TokenizerTrainConfig:
     cluster, and GroupNorm makes each background vector shift a little with every object in the picture, so
     the nearest code flips (``benchmarks/token_entropy.py``: 270 distinct codes, 3.9 bits, in the top-left
     cell, which is background in 8 of 9 pictures). FSQ's fixed grid of levels has no codes to crowd there.
-    At this budget, single runs judged by the shapes judge (every cell's shape, colour and size read
-    right on the 1000 test images): VQ reconstructs 85.1 % fully correct with a mean per-cell token entropy
-    of 6.7 bits; FSQ 8·8·8 88.3 % and 4.1 bits; FSQ 5·5·5 86.9 % and 3.7 bits, FSQ 4·4·4 78.6 % and 3.1
-    bits; VQ without k-means and restarts collapses to 12 codes (41 %). On the same text-to-image budget
-    (the ``shapes`` text2img preset without text modulation) FSQ 8·8·8's tokens gave single-object captions
-    fully right 13.8 % / 36 % (one sample / CLIP's best of 8, guided) against VQ's 6.2 % / 34 % and FSQ
-    5·5·5's 13.8 % / 30 %.
+    ``python benchmarks/shapes_tokenizers.py --json`` (single runs at this budget; judged = every cell's
+    shape, colour and size read right on the 1000 test images): VQ reconstructs 85.1 % fully correct with a
+    mean per-cell token entropy of 6.7 bits; FSQ 8·8·8 88.3 % and 4.1 bits; FSQ 5·5·5 86.9 % and 3.7 bits,
+    FSQ 4·4·4 78.6 % and 3.1 bits; VQ without k-means and restarts collapses to 12 codes (41 %). On the
+    same text-to-image budget (the ``shapes`` text2img preset without text modulation) FSQ 8·8·8's tokens
+    gave single-object captions fully right 13.8 % / 36 % (one sample / CLIP's best of 8, guided) against
+    VQ's 6.2 % / 34 % and FSQ 5·5·5's 13.8 % / 30 %.
 
     The encoder (ch 16, ch_mult 1,4,8), measured on earlier data with VQ: the fashion-mnist architecture (ch
     32, ch_mult 1,2,2, z 32) for 600 steps reconstructed 54 % fully correct (small crosses, squares and
