@@ -165,8 +165,9 @@ def text2img_sections(lines: list[str]) -> None:
             lines.append(f"| {row['guidance_scale']:g} | {row.get('temperature', 1.0):g} | {pct(row['single'])} | "
                          f"{pct(row['two'])} | {pct(row['heldout'])} | {pct(row['mean'])} |")
         t = r["train_seconds"]
-        lines += ["", "Training seconds, as recorded in each run (tokenizer, text-to-image model and CLIP were reused "
-                  "from earlier runs of the same presets; the judge was retrained on a shared CPU): " +
+        lines += ["", "Training seconds, as recorded in each run (a run found finished in the work directory is reused: "
+                  "here CLIP and the judge, from earlier runs of the same presets; the CPU was shared with other "
+                  "jobs): " +
                   ", ".join(f"{k} {f(v, 0) if v is not None else '–'}" for k, v in t.items()) +
                   f"; evaluation {f(r['eval_seconds'], 0)} s.", "", "![text to image](images/text2img.png)", ""]
     e = load("token_entropy")
