@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RUNS, machine, write_result  # noqa: E402
+from token_entropy import entropy_bits  # noqa: E402
 
 from vqgen.config import apply_overrides  # noqa: E402
 from vqgen.data.encode import encode_dataset  # noqa: E402
@@ -52,12 +53,6 @@ VARIANTS = {  # overrides of the `shapes` tokenizer preset
     "fsq555": ["model.quantizer.fsq_levels=[5, 5, 5]"],
     "fsq444": ["model.quantizer.fsq_levels=[4, 4, 4]"],
 }
-
-
-def entropy_bits(codes: torch.Tensor, vocab: int) -> float:
-    p = torch.bincount(codes.flatten(), minlength=vocab).double()
-    p = p[p > 0] / p.sum()
-    return float(-(p * p.log2()).sum())
 
 
 def tokenizer_stats(tok: VQTokenizer, judge: ShapesJudge, n_train: int = 5000) -> dict:

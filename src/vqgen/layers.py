@@ -291,14 +291,18 @@ class DecoderBlock(nn.Module):
     def forward(self, x: torch.Tensor, memory: tuple[torch.Tensor, torch.Tensor],
                 memory_mask: torch.Tensor | None, cache: KVCache | None = None,
                 modulation: torch.Tensor | None = None) -> torch.Tensor:  # (B, T, C)
-        if modulation is None:
-            x = x + self.attn(self.ln1(x), cache)  # (B, T, C)
-            x = x + self.cross(self.ln2(x), memory, memory_mask)  # (B, T, C)
-            return x + self.mlp(self.ln3(x))  # (B, T, C)
-        shift1, scale1, shift2, scale2, shift3, scale3 = modulation.chunk(6, dim=-1)  # 6 × (B, 1, C)
-        x = x + self.attn(self.ln1(x) * (1 + scale1) + shift1, cache)  # (B, T, C)
-        x = x + self.cross(self.ln2(x) * (1 + scale2) + shift2, memory, memory_mask)  # (B, T, C)
-        return x + self.mlp(self.ln3(x) * (1 + scale3) + shift3)  # (B, T, C)
+        mods = (None,) * 3 if modulation is None else modulation.chunk(3, dim=-1)  # 3 × (B, 1, 2C) or None
+        x = x + self.attn(_modulate(self.ln1(x), mods[0]), cache)  # (B, T, C)
+        x = x + self.cross(_modulate(self.ln2(x), mods[1]), memory, memory_mask)  # (B, T, C)
+        return x + self.mlp(_modulate(self.ln3(x), mods[2]))  # (B, T, C)
+
+
+def _modulate(h: torch.Tensor, shift_scale: torch.Tensor | None) -> torch.Tensor:
+    """``h·(1 + scale) + shift`` for ``shift_scale`` = [shift, scale] (B, 1, 2C); ``h`` itself for None."""
+    if shift_scale is None:
+        return h
+    shift, scale = shift_scale.chunk(2, dim=-1)  # 2 × (B, 1, C)
+    return h * (1 + scale) + shift  # (B, T, C)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ picture close to the caption (Crowson et al. 2022, "VQGAN-CLIP", https://arxiv.o
 The variables are one vector per token cell in the quantizer's lookup space, ``c`` (B, h, w, D). Each step:
 
 1. snaps every vector to its nearest codebook entry (l2-normalised first for an l2 codebook; for FSQ,
-   Mentzer et al. 2023, the nearest point of its grid of levels), with a straight-through gradient to ``c`` (van den Oord et al. 2017, https://arxiv.org/abs/1711.00937);
+   Mentzer et al. 2023, the nearest point of its grid of levels), with a straight-through gradient to
+   ``c`` (van den Oord et al. 2017, https://arxiv.org/abs/1711.00937);
 2. decodes the snapped grid (``proj_out`` → ``post_quant_conv`` → decoder), clamped to [-1, 1] with the
    gradient passed through the clamp (VQGAN-CLIP's ``ClampWithGrad``);
 3. takes ``cutouts`` random square crops of each picture, side a random fraction in [``crop_min``, 1]
@@ -35,10 +36,10 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError
 from ..images import load_picture, to_model_range, to_uint8
 from ..tokenizer.quantizer import FSQuantizer, VectorQuantizer
-
-Quantizer = VectorQuantizer | FSQuantizer  # both offer codebook(), lookup(), _project() and proj_out
 from ..tokenizer.vqgan import VQTokenizer
 from .clip import HFClipScorer, OwnClipScorer, clip_score
+
+Quantizer = VectorQuantizer | FSQuantizer  # both offer codebook(), lookup(), _project() and proj_out
 
 INITS = ("noise", "tokens")  # or the path of an image file
 

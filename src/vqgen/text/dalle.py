@@ -161,10 +161,10 @@ class TextToImage(nn.Module):
         cells = torch.arange(h * w)
         self.register_buffer("cell_row", cells // w, persistent=False)  # (HW,)
         self.register_buffer("cell_col", cells % w, persistent=False)  # (HW,)
-        # GPT-2 initialisation of all but a pretrained encoder; three residual branches per decoder block
         # adaLN-Zero: per block, the pooled caption → 6·C shifts and scales, from zero
         self.modulation = (nn.ModuleList(nn.Linear(c, 6 * c) for _ in range(config.n_dec_layer))
                            if config.text_modulation else None)
+        # GPT-2 initialisation of all but a pretrained encoder; three residual branches per decoder block
         init_gpt_weights(self, self.blocks, n_residual=3 * config.n_dec_layer,
                          skip=() if config.hf_text_encoder is None else ("text_encoder",))
         for layer in self.modulation or ():
