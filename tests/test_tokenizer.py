@@ -16,6 +16,8 @@ from vqgen.cli import main
 from vqgen.config import apply_overrides
 from vqgen.errors import ConfigError, TrainingDiverged
 from vqgen.eval.tokenizer import evaluate_tokenizer
+from vqgen.layers import ChannelNorm
+from vqgen.tokenizer.autoencoder import AutoencoderConfig, Encoder
 from vqgen.tokenizer.vqgan import VQTokenizer
 from vqgen.train import tokenizer as train_mod
 from vqgen.train.tokenizer import TOKENIZER_PRESETS, train_tokenizer
@@ -55,6 +57,36 @@ def test_bad_inputs_raise_clear_errors():
         model.encode(torch.full((2, 1, 16, 16), 3.0))
     with pytest.raises(ValueError, match="token ids"):
         model.decode(torch.full((1, 4, 4), 999))
+
+
+def test_channel_norm_is_layernorm_over_each_positions_channels():
+    norm = ChannelNorm(6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2)
+        norm.bias.uniform_(-1, 1)
+    x = torch.randn(2, 6, 5, 3)  # (B, C, H, W)
+    want = torch.nn.functional.layer_norm(x.permute(0, 2, 3, 1), (6,), norm.weight, norm.bias, 1e-6)
+    assert torch.allclose(norm(x), want.permute(0, 3, 1, 2), atol=1e-6)
+    with pytest.raises(ValueError, match="encoder_norm must be one of"):
+        apply_overrides(TOKENIZER_PRESETS["tiny"](), ["model.autoencoder.encoder_norm=batch"])
+
+
+@pytest.mark.parametrize("norm", ["group", "channel"])
+def test_channel_norm_makes_a_code_independent_of_far_pixels(norm):
+    """With GroupNorm every latent depends on the whole picture; with the per-position norm a latent sees
+    only its receptive field (here ≈ 20 px), so a change in the far corner leaves it exactly as it was."""
+    cfg = AutoencoderConfig(in_channels=1, resolution=64, ch=8, ch_mult=(1, 2), num_res_blocks=1,
+                            attn_resolutions=(), mid_attention=False, z_channels=4, norm_groups=4, encoder_norm=norm)
+    torch.manual_seed(0)
+    enc = Encoder(cfg).eval()
+    x = torch.rand(1, 1, 64, 64) * 2 - 1  # (1, 1, 64, 64)
+    far = x.clone()
+    far[..., 48:, 48:] = 1.0  # the bottom-right corner, > 40 px from latent (0, 0)
+    with torch.no_grad():
+        z, z_far = enc(x), enc(far)  # (1, 4, 32, 32)
+    corner = (z[..., :4, :4] - z_far[..., :4, :4]).abs().max().item()
+    assert (corner < 1e-6) if norm == "channel" else (corner > 1e-3)
+    assert (z[..., 24:, 24:] - z_far[..., 24:, 24:]).abs().max() > 1e-3  # near the change, both respond
 
 
 def test_save_load_roundtrip_is_exact_and_strict(tmp_path):

@@ -25,14 +25,43 @@ def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
     return nn.GroupNorm(g, channels, eps=1e-6, affine=True)
 
 
+class ChannelNorm(nn.Module):
+    """LayerNorm over the channels of each position of a (B, C, H, W) map, as ConvNeXt's channels-first
+    LayerNorm (Liu et al. 2022, https://arxiv.org/abs/2201.03545). GroupNorm's statistics span the whole
+    map, so every output depends on every position; here a position's output depends on it alone."""
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, H, W)
+        h = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps)  # (B, H, W, C)
+        return h.permute(0, 3, 1, 2)  # (B, C, H, W)
+
+
+NORMS = ("group", "channel")
+
+
+def norm_2d(channels: int, groups: int = 32, kind: str = "group") -> nn.Module:
+    """The normalisation of a conv block: ``"group"`` (:func:`group_norm`) or ``"channel"`` (:class:`ChannelNorm`,
+    per position; ``groups`` unused)."""
+    if kind == "group":
+        return group_norm(channels, groups)
+    if kind == "channel":
+        return ChannelNorm(channels)
+    raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {kind!r}")
+
+
 class ResnetBlock(nn.Module):
     """norm → swish → conv3×3 → norm → swish → dropout → conv3×3, plus a (1×1 projected) skip."""
 
-    def __init__(self, in_ch: int, out_ch: int, dropout: float = 0.0, groups: int = 32):
+    def __init__(self, in_ch: int, out_ch: int, dropout: float = 0.0, groups: int = 32, norm: str = "group"):
         super().__init__()
-        self.norm1 = group_norm(in_ch, groups)
+        self.norm1 = norm_2d(in_ch, groups, norm)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.norm2 = group_norm(out_ch, groups)
+        self.norm2 = norm_2d(out_ch, groups, norm)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
@@ -46,9 +75,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock2d(nn.Module):
     """Single-head self-attention over the H×W positions of a feature map, with a residual."""
 
-    def __init__(self, ch: int, groups: int = 32):
+    def __init__(self, ch: int, groups: int = 32, norm: str = "group"):
         super().__init__()
-        self.norm = group_norm(ch, groups)
+        self.norm = norm_2d(ch, groups, norm)
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
         self.proj = nn.Conv2d(ch, ch, 1)
 

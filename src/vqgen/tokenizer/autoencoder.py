@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import AttnBlock2d, Downsample, ResnetBlock, Upsample, group_norm
+from ..layers import NORMS, AttnBlock2d, Downsample, ResnetBlock, Upsample, norm_2d
 
 
 @dataclass
@@ -26,6 +26,7 @@ class AutoencoderConfig:
     z_channels: int = 256
     dropout: float = 0.0
     norm_groups: int = 32
+    encoder_norm: str = "group"  # or "channel": per-position LayerNorm, each code sees only its receptive field
 
     def __post_init__(self) -> None:
         if not self.ch_mult:
@@ -34,6 +35,8 @@ class AutoencoderConfig:
             raise ValueError(f"resolution {self.resolution} is not divisible by f={self.downsample_factor}")
         if self.in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {self.in_channels}")
+        if self.encoder_norm not in NORMS:
+            raise ValueError(f"encoder_norm must be one of {', '.join(NORMS)}, got {self.encoder_norm!r}")
 
     @property
     def downsample_factor(self) -> int:
@@ -44,10 +47,10 @@ class AutoencoderConfig:
         return self.resolution // self.downsample_factor
 
 
-def _middle(ch: int, cfg: AutoencoderConfig) -> nn.Sequential:
-    attn = [AttnBlock2d(ch, cfg.norm_groups)] if cfg.mid_attention else []
-    return nn.Sequential(ResnetBlock(ch, ch, cfg.dropout, cfg.norm_groups), *attn,
-                         ResnetBlock(ch, ch, cfg.dropout, cfg.norm_groups))
+def _middle(ch: int, cfg: AutoencoderConfig, n: str) -> nn.Sequential:
+    g = cfg.norm_groups
+    attn = [AttnBlock2d(ch, g, n)] if cfg.mid_attention else []
+    return nn.Sequential(ResnetBlock(ch, ch, cfg.dropout, g, n), *attn, ResnetBlock(ch, ch, cfg.dropout, g, n))
 
 
 class Encoder(nn.Module):
@@ -60,16 +63,16 @@ class Encoder(nn.Module):
         for level, mult in enumerate(cfg.ch_mult):
             out = cfg.ch * mult
             for _ in range(cfg.num_res_blocks):
-                blocks.append(ResnetBlock(ch, out, cfg.dropout, g))
+                blocks.append(ResnetBlock(ch, out, cfg.dropout, g, cfg.encoder_norm))
                 ch = out
                 if res in cfg.attn_resolutions:
-                    blocks.append(AttnBlock2d(ch, g))
+                    blocks.append(AttnBlock2d(ch, g, cfg.encoder_norm))
             if level != len(cfg.ch_mult) - 1:
                 blocks.append(Downsample(ch))
                 res //= 2
         self.down = nn.Sequential(*blocks)
-        self.mid = _middle(ch, cfg)
-        self.norm_out = group_norm(ch, g)
+        self.mid = _middle(ch, cfg, cfg.encoder_norm)
+        self.norm_out = norm_2d(ch, g, cfg.encoder_norm)
         self.conv_out = nn.Conv2d(ch, cfg.z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, H, W) in [-1, 1]
@@ -84,7 +87,7 @@ class Decoder(nn.Module):
         ch = cfg.ch * cfg.ch_mult[-1]
         res = cfg.latent_resolution
         self.conv_in = nn.Conv2d(cfg.z_channels, ch, 3, padding=1)
-        self.mid = _middle(ch, cfg)
+        self.mid = _middle(ch, cfg, "group")
         blocks: list[nn.Module] = []
         for level in reversed(range(len(cfg.ch_mult))):
             out = cfg.ch * cfg.ch_mult[level]
@@ -97,7 +100,7 @@ class Decoder(nn.Module):
                 blocks.append(Upsample(ch))
                 res *= 2
         self.up = nn.Sequential(*blocks)
-        self.norm_out = group_norm(ch, g)
+        self.norm_out = norm_2d(ch, g)
         self.conv_out = nn.Conv2d(ch, cfg.in_channels, 3, padding=1)
 
     @property
