@@ -360,23 +360,29 @@ def _fashion_mnist_f8() -> TokenizerTrainConfig:
 
 def _shapes() -> TokenizerTrainConfig:
     """32×32 RGB ``shapes`` images, f=4 → 8×8 tokens of FSQ with levels 8·8·8 (512 codes; Mentzer et al.
-    2023, https://arxiv.org/abs/2309.15505), 800 steps × 32 (0.31 s/step on 2 CPU threads).
+    2023, https://arxiv.org/abs/2309.15505), an encoder normalised per position (``encoder_norm="channel"``),
+    800 steps × 32 (0.31 s/step on 2 CPU threads).
 
     Why FSQ: stage 2 has to predict every token, and most of a ``shapes`` picture is plain background. The
     VQ codebook this preset had (512 l2-normalised 16-d codes, EMA, k-means init, dead-code restarts) spread
     that background over hundreds of codes: k-means and restarts put most codes in the dense background
-    cluster, and GroupNorm makes each background vector shift a little with every object in the picture, so
-    the nearest code flips (``benchmarks/token_entropy.py`` on the benchmark's tokenizer: 270 distinct codes,
-    3.9 bits, in the top-left cell, which is background in 8 of 9 pictures). FSQ's fixed grid of levels has
-    no codes to crowd there: 153 codes, 2.9 bits (GroupNorm's share remains: an object far away still
-    changes 4.8 of the 9 top-left codes, against 6.9 with VQ).
+    cluster, and each background vector shifted a little with every object in the picture, so the nearest
+    code flipped (``benchmarks/token_entropy.py`` on the benchmark's tokenizer then: 270 distinct codes, 3.9
+    bits, in the top-left cell, which is background in 8 of 9 pictures). FSQ's fixed grid of levels has no
+    codes to crowd there: 153 codes, 2.9 bits.
+
+    Why the per-position norm: with GroupNorm in the encoder every code depends on the whole picture (its
+    statistics span it), and an object far away still changed 4.8 of the 9 top-left codes; the
+    text-to-image model had to guess that dependence before drawing anything. Normalising each position on
+    its own (ConvNeXt's LayerNorm, ``vqgen.layers.ChannelNorm``) leaves a code depending only on its
+    receptive field: 0 of 9 change. The decoder keeps GroupNorm, whose statistics never reach the tokens.
+
     ``python benchmarks/shapes_tokenizers.py --json`` (single runs at this budget; judged = every cell's
-    shape, colour and size read right on the 1000 test images): VQ reconstructs 85.1 % fully correct with a
-    mean per-cell token entropy of 6.7 bits; FSQ 8·8·8 88.3 % and 4.1 bits; FSQ 5·5·5 86.9 % and 3.7 bits,
-    FSQ 4·4·4 78.6 % and 3.1 bits; VQ without k-means and restarts collapses to 12 codes (41 %). On the
-    same text-to-image budget (the ``shapes`` text2img preset without text modulation) FSQ 8·8·8's tokens
-    gave single-object captions fully right 13.8 % / 36 % (one sample / CLIP's best of 8, guided) against
-    VQ's 6.2 % / 34 % and FSQ 5·5·5's 13.8 % / 30 %.
+    shape, colour and size read right on the 1000 test images; mean per-cell token entropy): VQ 85.1 % and
+    6.7 bits; FSQ 8·8·8 with GroupNorm 88.3 % and 4.1 bits; this preset 89.4 % and 3.3 bits; FSQ 5·5·5 (GroupNorm)
+    86.9 % and 3.7 bits, FSQ 4·4·4 78.6 % and 3.1 bits; VQ without k-means and restarts collapses to 12 codes
+    (41 %). The text-to-image benchmark (``benchmarks/text2img.py``, ``shapes-long``, 1000 test captions) on
+    this preset's tokens against the GroupNorm encoder's: see that preset's docstring.
 
     The encoder (ch 16, ch_mult 1,4,8), measured on earlier data with VQ: the fashion-mnist architecture (ch
     32, ch_mult 1,2,2, z 32) for 600 steps reconstructed 54 % fully correct (small crosses, squares and
@@ -385,7 +391,8 @@ def _shapes() -> TokenizerTrainConfig:
     over the first 250 steps and was dropped."""
     cfg = _fashion_mnist()
     cfg.model.autoencoder = AutoencoderConfig(in_channels=3, resolution=32, ch=16, ch_mult=(1, 4, 8), num_res_blocks=1,
-                                              attn_resolutions=(), mid_attention=False, z_channels=64, norm_groups=8)
+                                              attn_resolutions=(), mid_attention=False, z_channels=64, norm_groups=8,
+                                              encoder_norm="channel")
     cfg.model.quantizer = QuantizerConfig(kind="fsq", fsq_levels=(8, 8, 8))
     cfg.loop = LoopConfig(batch_size=32, max_steps=800, save_every=200, log_every=25, image_every=200)
     cfg.data = "shapes"
