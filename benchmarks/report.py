@@ -166,8 +166,8 @@ def text2img_sections(lines: list[str]) -> None:
                          f"{pct(row['two'])} | {pct(row['heldout'])} | {pct(row['mean'])} |")
         t = r["train_seconds"]
         lines += ["", "Training seconds, as recorded in each run (a run found finished in the work directory is reused: "
-                  "here CLIP and the judge, from earlier runs of the same presets; the CPU was shared with other "
-                  "jobs): " +
+                  "here the tokenizer, CLIP and the judge, from earlier runs of the same presets; the CPU was shared "
+                  "with other jobs): " +
                   ", ".join(f"{k} {f(v, 0) if v is not None else '–'}" for k, v in t.items()) +
                   f"; evaluation {f(r['eval_seconds'], 0)} s.", "", "![text to image](images/text2img.png)", ""]
     e = load("token_entropy")
@@ -182,25 +182,32 @@ def text2img_sections(lines: list[str]) -> None:
                       f"{k} {v['distinct_codes']} distinct codes ({v['entropy_bits']:g} bits)" for k, v in c.items()) +
                   f". Changing only the colour or size of one circle in the bottom-right cell changes on average "
                   f"{e['far_object_changes_top_left_cells']:g} of the 9 top-left token cells "
-                  f"({e['far_object_scenes']} scenes against the empty one): GroupNorm's statistics span the whole "
-                  "picture, so background codes depend on every object, and the text-to-image model has to predict "
-                  "that dependence before it draws anything. How much of it the quantizer decides: next section.",
-                  ""]
+                  f"({e['far_object_scenes']} scenes against the empty one)" + (
+                      ": GroupNorm's statistics in the encoder span the whole picture, so background codes depend on "
+                      "every object, and the text-to-image model has to predict that dependence before it draws "
+                      "anything." if e.get("encoder_norm", "group") == "group" else
+                      f": the encoder normalises each position on its own (`encoder_norm: {e['encoder_norm']}`), so a "
+                      "code depends only on its receptive field; at 32×32 that field spans most of the picture, so "
+                      "far objects still reach some codes through the convolutions.") +
+                  " The quantizer and the encoder compared: next section.", ""]
     q = load("shapes_tokenizers")
     if q:
-        lines += ["### VQ against FSQ for the text-to-image model", "", f"Command: `{q['command']}`  ",
-                  machine_line(q) + "  ", *about(q),
-                  f"Data: {q['note']}. Each row is the `shapes` tokenizer preset (800 steps) with another quantizer; "
+        lines += ["### Tokenizers for the text-to-image model: VQ against FSQ, GroupNorm against a local encoder", "",
+                  f"Command: `{q['command']}`  ", machine_line(q) + "  ", *about(q),
+                  f"Data: {q['note']}. Each row is the `shapes` tokenizer preset (800 steps) with another quantizer "
+                  "or encoder norm (all but `fsq888-local`, the preset, have GroupNorm in the encoder); "
                   "one run each. Cell entropy: the mean over the token cells of each cell's code entropy; most "
-                  "cells show the plain background, so these bits are noise the prior must predict. Judge: "
+                  "cells show the plain background, so these bits are noise the prior must predict. Far object: of "
+                  "the 9 top-left codes, how many change when a circle is drawn in the bottom-right cell. Judge: "
                   "pictures read fully right after a round trip through the tokenizer.", "",
-                  "| quantizer | codes used | bits / token | mean cell entropy | top-left cell | judge on "
-                  "reconstructions |", "|---|---|---|---|---|---|"]
+                  "| tokenizer | codes used | bits / token | mean cell entropy | top-left cell | far object | "
+                  "judge on reconstructions |", "|---|---|---|---|---|---|---|"]
         for name, t in q["tokenizers"].items():
             tl = t["top_left_cell"]
             lines.append(f"| {name} | {t['codes_used']} of {t['vocab_size']} | {t['entropy_bits']:.2f} | "
                          f"{t['mean_cell_entropy_bits']:.2f} bits | {tl['distinct_codes']} codes, "
-                         f"{tl['entropy_bits']:.2f} bits | {pct(t['judge_fully_correct_reconstructions'])} |")
+                         f"{tl['entropy_bits']:.2f} bits | {t.get('far_object_changes_top_left_cells', '–')} | "
+                         f"{pct(t['judge_fully_correct_reconstructions'])} |")
         lines += ["", f"The `shapes` text-to-image preset (1000 steps) on each one's tokens, first {q['n_captions']} "
                   "test captions, the same CLIP and judge (`+mod`: with text modulation, adaLN-Zero), fully correct "
                   "(single-object captions; two objects and held out in the JSON):", "",

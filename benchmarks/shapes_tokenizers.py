@@ -1,13 +1,15 @@
-"""Which tokenizer gives the text-to-image model the easiest tokens on `shapes`: VQ against FSQ.
+"""Which tokenizer gives the text-to-image model the easiest tokens on `shapes`: VQ against FSQ, and a
+GroupNorm encoder against one whose codes see only their receptive field.
 
     python benchmarks/shapes_tokenizers.py --json [--variants vq512,fsq888,...] [--text2img vq512,fsq888,...]
                                           [--n-captions 200] [--work DIR] [--out FILE]
 
-Each variant is the ``shapes`` tokenizer preset with some quantizer overrides (``VARIANTS``), trained at
-the preset's budget. For each: the codes in use, the entropy of the code histogram, the mean over the 64
+Each variant is the ``shapes`` tokenizer preset with some overrides (``VARIANTS``), trained at the
+preset's budget. For each: the codes in use, the entropy of the code histogram, the mean over the 64
 token cells of each cell's code entropy (most cells of a ``shapes`` picture show the plain background,
 so every bit there is spent by the prior on codes that decode to the same flat colour), the top-left
-cell alone, and the fraction of the 1000 test pictures the judge reads fully right after a round trip
+cell alone, how many of the top-left 3×3 codes change when an object is drawn far away in the
+bottom-right cell, and the fraction of the 1000 test pictures the judge reads fully right after a round trip
 through the tokenizer. For the ``--text2img`` variants it then trains the ``shapes`` text-to-image
 preset on their tokens (``NAME`` without, ``NAME+mod`` with ``text_modulation``) and judges it as
 ``vqgen eval text2img --n-captions N`` does (same seeds, the work directory's CLIP and judge).
@@ -26,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RUNS, machine, write_result  # noqa: E402
-from token_entropy import entropy_bits  # noqa: E402
+from token_entropy import entropy_bits, far_object_changes  # noqa: E402
 
 from vqgen.config import apply_overrides  # noqa: E402
 from vqgen.data.encode import encode_dataset  # noqa: E402
@@ -44,14 +46,16 @@ from vqgen.train.shapes_judge import SHAPES_JUDGE_PRESETS, train_shapes_judge  #
 from vqgen.train.text2img import TEXT2IMG_PRESETS, train_text2img  # noqa: E402
 from vqgen.train.tokenizer import TOKENIZER_PRESETS, train_tokenizer  # noqa: E402
 
-VQ = ["model.quantizer.kind=vq", "model.quantizer.codebook_size=512", "model.quantizer.code_dim=16",
-      "model.quantizer.ema_decay=0.99", "model.quantizer.l2_normalize=true"]
+GROUP = ["model.autoencoder.encoder_norm=group"]  # the encoder before: GroupNorm, every code sees the whole picture
+VQ = GROUP + ["model.quantizer.kind=vq", "model.quantizer.codebook_size=512", "model.quantizer.code_dim=16",
+              "model.quantizer.ema_decay=0.99", "model.quantizer.l2_normalize=true"]
 VARIANTS = {  # overrides of the `shapes` tokenizer preset
-    "vq512": VQ + ["model.quantizer.kmeans_init=true", "model.quantizer.dead_code_threshold=0.03"],  # the preset before
+    "vq512": VQ + ["model.quantizer.kmeans_init=true", "model.quantizer.dead_code_threshold=0.03"],  # the first preset
     "vq512-plain": VQ,  # no k-means init, no dead-code restarts
-    "fsq888": [],  # the preset
-    "fsq555": ["model.quantizer.fsq_levels=[5, 5, 5]"],
-    "fsq444": ["model.quantizer.fsq_levels=[4, 4, 4]"],
+    "fsq888": GROUP,  # FSQ with the GroupNorm encoder (the preset before)
+    "fsq555": GROUP + ["model.quantizer.fsq_levels=[5, 5, 5]"],
+    "fsq444": GROUP + ["model.quantizer.fsq_levels=[4, 4, 4]"],
+    "fsq888-local": [],  # the preset: FSQ, per-position norm in the encoder (a code sees only its receptive field)
 }
 
 
@@ -70,8 +74,10 @@ def tokenizer_stats(tok: VQTokenizer, judge: ShapesJudge, n_train: int = 5000) -
             "mean_cell_entropy_bits": round(sum(per_cell) / len(per_cell), 3),
             "top_left_cell": {"distinct_codes": int(codes[:, 0, 0].unique().numel()),
                               "entropy_bits": round(per_cell[0], 3)},
+            "far_object_changes_top_left_cells": round(far_object_changes(tok, test.images.shape[-1]), 2),
             "judge_fully_correct_reconstructions": round(render_accuracy(judge, recon, test.targets), 4),
-            "quantizer": json.loads(json.dumps(vars(tok.cfg.quantizer), default=list))}
+            "quantizer": json.loads(json.dumps(vars(tok.cfg.quantizer), default=list)),
+            "encoder_norm": tok.cfg.autoencoder.encoder_norm}
 
 
 def judged(run_dir: Path, clip_dir: Path, judge: ShapesJudge, n_captions: int) -> dict:
@@ -96,7 +102,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--text2img", default="vq512,fsq888,fsq555,fsq888+mod",
+    ap.add_argument("--text2img", default="vq512,fsq888,fsq555,fsq888+mod,fsq888-local+mod",
                     help="variants whose tokens train the shapes text2img preset; +mod: with text_modulation")
     ap.add_argument("--n-captions", type=int, default=200)
     ap.add_argument("--work", default=str(RUNS / "bench-shapes-tokenizers"))

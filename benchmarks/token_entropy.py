@@ -40,6 +40,17 @@ def entropy_bits(codes: torch.Tensor, vocab: int) -> float:
     return float(-(p * p.log2()).sum())
 
 
+def far_object_changes(tok: VQTokenizer, resolution: int) -> float:
+    """Mean number of the top-left 3×3 token cells that change when one circle (each colour and size) is
+    drawn in the bottom-right cell of an empty picture: 0 when a code depends only on what is near it."""
+    scenes = [[]] + [[ShapeObject("circle", color, size, "bottom right")] for color in COLORS for size in SIZES]
+    images = torch.as_tensor(np.stack([render(s, resolution) for s in scenes])).permute(0, 3, 1, 2)
+    with torch.inference_mode():
+        codes = tok.encode(to_model_range(images))  # (S, h, w)
+    corner = codes[:, :3, :3].flatten(1)  # (S, 9): the top-left 3×3 token cells, far from the object
+    return float((corner[1:] != corner[:1]).sum(dim=1).float().mean())  # over the S-1 scenes with a circle
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", action="store_true")
@@ -57,17 +68,13 @@ def main() -> None:
         cells[name] = {"distinct_codes": int(at.unique().numel()), "entropy_bits": round(entropy_bits(at, vocab), 3)}
 
     tok = VQTokenizer.from_pretrained(run / "tokenizer").eval()
-    scenes = [[]] + [[ShapeObject("circle", color, size, "bottom right")] for color in COLORS for size in SIZES]
-    images = torch.as_tensor(np.stack([render(s, data.meta["resolution"]) for s in scenes])).permute(0, 3, 1, 2)
-    with torch.inference_mode():
-        codes = tok.encode(to_model_range(images))  # (S, h, w)
-    corner = codes[:, :3, :3].flatten(1)  # (S, 9): the top-left 3×3 token cells, far from the object
-    changed = (corner[1:] != corner[:1]).sum(dim=1).float()  # (S-1,) cells differing from the empty scene
+    changed = far_object_changes(tok, data.meta["resolution"])
 
     result = {"codes_used": int(grids.unique().numel()), "vocab_size": vocab,
               "entropy_bits": round(entropy_bits(grids, vocab), 3), "max_entropy_bits": round(math.log2(vocab), 3),
-              "cells": cells, "far_object_changes_top_left_cells": round(float(changed.mean()), 2),
-              "far_object_scenes": len(scenes) - 1, "n_grids": len(grids), "grid": list(grids.shape[1:]),
+              "cells": cells, "far_object_changes_top_left_cells": round(changed, 2),
+              "far_object_scenes": len(COLORS) * len(SIZES),
+              "encoder_norm": tok.cfg.autoencoder.encoder_norm, "n_grids": len(grids), "grid": list(grids.shape[1:]),
               "run": str(run), "machine": machine(), "command": " ".join(["python"] + sys.argv)}
     write_result("token_entropy", result, args.out)
 
