@@ -47,10 +47,10 @@ class AutoencoderConfig:
         return self.resolution // self.downsample_factor
 
 
-def _middle(ch: int, cfg: AutoencoderConfig, n: str) -> nn.Sequential:
+def _middle(ch: int, cfg: AutoencoderConfig, norm: str) -> nn.Sequential:
     g = cfg.norm_groups
-    attn = [AttnBlock2d(ch, g, n)] if cfg.mid_attention else []
-    return nn.Sequential(ResnetBlock(ch, ch, cfg.dropout, g, n), *attn, ResnetBlock(ch, ch, cfg.dropout, g, n))
+    attn = [AttnBlock2d(ch, g, norm)] if cfg.mid_attention else []
+    return nn.Sequential(ResnetBlock(ch, ch, cfg.dropout, g, norm), *attn, ResnetBlock(ch, ch, cfg.dropout, g, norm))
 
 
 class Encoder(nn.Module):
@@ -100,7 +100,7 @@ class Decoder(nn.Module):
                 blocks.append(Upsample(ch))
                 res *= 2
         self.up = nn.Sequential(*blocks)
-        self.norm_out = norm_2d(ch, g)
+        self.norm_out = norm_2d(ch, g, "group")  # the decoder's statistics never reach the tokens
         self.conv_out = nn.Conv2d(ch, cfg.in_channels, 3, padding=1)
 
     @property
