@@ -40,6 +40,7 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5, device: str = "cpu") -> 
 
 
 def write_result(name: str, result: dict, out: str | None) -> None:
+    result = {**result, "date": time.strftime("%Y-%m-%d", time.gmtime())}  # UTC day the figures were measured
     text = json.dumps(result, indent=2)
     path = Path(out) if out else RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

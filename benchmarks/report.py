@@ -6,6 +6,7 @@ number that no command produced).
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,8 +15,17 @@ from common import REPO, RESULTS  # noqa: E402
 
 
 def load(name: str) -> dict | None:
+    """A result, with its ``date``: as recorded by ``write_result``, or for results from before it recorded
+    one, the day the file was last committed (none outside a git checkout)."""
     path = RESULTS / f"{name}.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    r = json.loads(path.read_text())
+    if "date" not in r:
+        git = subprocess.run(["git", "log", "-1", "--format=%cs", "--", str(path)], cwd=REPO,
+                             capture_output=True, text=True)
+        r["date"] = git.stdout.strip() if git.returncode == 0 else ""
+    return r
 
 
 def f(x, nd=2) -> str:
@@ -30,7 +40,8 @@ def about(r: dict) -> list[str]:
 def machine_line(r: dict) -> str:
     m = r["machine"]
     gpu = f"GPU {m['cuda']}, " if m.get("cuda") else ""
-    return f"Machine: {gpu}{m['processor']}, {m['torch_threads']} torch threads, torch {m['torch']}, {m['platform']}."
+    when = f" Run {r['date']}." if r.get("date") else ""
+    return f"Machine: {gpu}{m['processor']}, {m['torch_threads']} torch threads, torch {m['torch']}, {m['platform']}.{when}"
 
 
 def tokenizer_section(lines: list[str]) -> None:
@@ -185,7 +196,7 @@ def text2img_sections(lines: list[str]) -> None:
                   f"({e['far_object_scenes']} scenes against the empty one)" + (
                       ": GroupNorm's statistics in the encoder span the whole picture, so background codes depend on "
                       "every object, and the text-to-image model has to predict that dependence before it draws "
-                      "anything." if e.get("encoder_norm", "group") == "group" else
+                      "anything." if e["encoder_norm"] == "group" else
                       f": the encoder normalises each position on its own (`encoder_norm: {e['encoder_norm']}`), so a "
                       "code depends only on its receptive field; at 32×32 that field spans most of the picture, so "
                       "far objects still reach some codes through the convolutions.") +
@@ -206,7 +217,7 @@ def text2img_sections(lines: list[str]) -> None:
             tl = t["top_left_cell"]
             lines.append(f"| {name} | {t['codes_used']} of {t['vocab_size']} | {t['entropy_bits']:.2f} | "
                          f"{t['mean_cell_entropy_bits']:.2f} bits | {tl['distinct_codes']} codes, "
-                         f"{tl['entropy_bits']:.2f} bits | {t.get('far_object_changes_top_left_cells', '–')} | "
+                         f"{tl['entropy_bits']:.2f} bits | {t['far_object_changes_top_left_cells']} | "
                          f"{pct(t['judge_fully_correct_reconstructions'])} |")
         lines += ["", f"The `shapes` text-to-image preset (1000 steps) on each one's tokens, first {q['n_captions']} "
                   "test captions, the same CLIP and judge (`+mod`: with text modulation, adaLN-Zero), fully correct "
