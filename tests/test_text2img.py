@@ -214,6 +214,25 @@ def test_caption_dropout_uses_the_empty_caption():
             small_config(temperature=bad)
 
 
+def test_token_noise_corrupts_what_the_decoder_reads_not_what_it_predicts():
+    torch.manual_seed(0)
+    model = TextToImage(small_config(caption_drop_prob=0.0, token_noise_prob=0.5)).train()
+    ids, toks = caption_ids(), torch.randint(0, 16, (4, 9))
+    torch.manual_seed(1)
+    noisy = model.loss(ids, toks)
+    torch.manual_seed(1)
+    read = torch.where(torch.rand(toks.shape) < 0.5, torch.randint_like(toks, 16), toks)  # the same draws
+    assert not torch.equal(read, toks)
+    want = torch.nn.functional.cross_entropy(model(ids, toks, read).reshape(-1, 16), toks.reshape(-1))
+    assert torch.allclose(noisy, want)
+    clean = torch.nn.functional.cross_entropy(model(ids, toks).reshape(-1, 16), toks.reshape(-1))
+    assert not torch.allclose(noisy, clean)
+    assert torch.allclose(model.eval().loss(ids, toks), clean)  # evaluation reads the true tokens
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="token_noise_prob"):
+            small_config(token_noise_prob=bad)
+
+
 @pytest.mark.parametrize("modulated", [False, True])
 def test_save_and_load_are_strict_and_carry_the_tokenizer(tmp_path, modulated):
     torch.manual_seed(0)

@@ -18,6 +18,14 @@ Caption dropout (training) replaces a caption by the empty one (``<s></s>``) wit
 time (``logits = uncond + s·(cond − uncond)``, classifier-free guidance, Ho & Salimans 2022,
 https://arxiv.org/abs/2207.12598).
 
+Token noise (training, ``token_noise_prob``) replaces each image token the decoder *reads* by a random
+code with that probability; the targets stay the true tokens. A convolutional tokenizer's codes above
+an object already show it (its receptive field spans several cells), so under teacher forcing the
+model can read where the object stands from the codes it is given and never learn it from the caption;
+when sampling, nobody gives it those codes. With noisy inputs it cannot trust them alone. This is a
+cheap cousin of scheduled sampling (Bengio et al. 2015, https://arxiv.org/abs/1506.03099), which
+attacks the same gap between teacher forcing and sampling by feeding the model its own predictions.
+
 The caption encoder is the project's own, or the encoder of a Hugging Face model (BART, T5 or the
 CLIP text tower): ``hf_text_encoder`` then holds that model's config, the constructor builds it with
 random weights (no loading, no download), and :func:`load_hf_text_encoder` copies pretrained weights
@@ -62,6 +70,7 @@ class TextToImageConfig:
     freeze_text_encoder: bool = False  # with hf_text_encoder: train only the decoder and projection
     activation_checkpointing: bool = False  # recompute block activations in backward (layers.run_block)
     text_modulation: bool = False     # the pooled caption shifts and scales each decoder block's LayerNorms
+    token_noise_prob: float = 0.0     # training: each input image token replaced by a random code with this probability
 
     def __post_init__(self) -> None:
         self.grid = tuple(self.grid)
@@ -76,6 +85,8 @@ class TextToImageConfig:
         if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.caption_drop_prob <= 1.0:
             raise ValueError(f"dropout must be in [0, 1) and caption_drop_prob in [0, 1], got "
                              f"{self.dropout}, {self.caption_drop_prob}")
+        if not 0.0 <= self.token_noise_prob < 1.0:
+            raise ValueError(f"token_noise_prob must be in [0, 1), got {self.token_noise_prob}")
         if not self.guidance_scale >= 0:
             raise ValueError(f"guidance_scale must be ≥ 0, got {self.guidance_scale}")
         if not 0 < self.temperature < float("inf"):
@@ -267,13 +278,15 @@ class TextToImage(nn.Module):
             x = x[:, -1:]  # (B, 1, C)
         return self.head(self.ln_f(x))  # (B, T', V)
 
-    def forward(self, ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits (B, H·W, V) for captions ``ids`` (B, L) and image tokens (B, H·W)."""
+    def forward(self, ids: torch.Tensor, tokens: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced logits (B, H·W, V) for captions ``ids`` (B, L) and image tokens (B, H·W); the
+        decoder reads ``context`` (B, H·W) in place of ``tokens`` when given (the loss's noisy inputs)."""
         self.check_caption_ids(ids)
         self.check_tokens(tokens)
+        context = tokens if context is None else context
         states, mask = self.encode_text(ids)  # (B, L, C), (B, L)
-        start = torch.full_like(tokens[:, :1], self.start_id)  # (B, 1)
-        inputs = torch.cat([start, tokens[:, :-1]], dim=1)  # (B, HW)
+        start = torch.full_like(context[:, :1], self.start_id)  # (B, 1)
+        inputs = torch.cat([start, context[:, :-1]], dim=1)  # (B, HW)
         return self.decode(self.memories(states), mask, inputs, 0,
                            modulations=self.modulations(states, mask))  # (B, HW, V)
 
@@ -283,7 +296,11 @@ class TextToImage(nn.Module):
         if self.training and self.config.caption_drop_prob > 0:
             drop = torch.rand(ids.shape[0], device=ids.device) < self.config.caption_drop_prob  # (B,)
             ids = torch.where(drop[:, None], self.null_caption(*ids.shape), ids)  # (B, L)
-        logits = self(ids, tokens)  # (B, HW, V)
+        context = None
+        if self.training and self.config.token_noise_prob > 0:
+            noisy = torch.rand(tokens.shape, device=tokens.device) < self.config.token_noise_prob  # (B, HW)
+            context = torch.where(noisy, torch.randint_like(tokens, self.config.vocab_size), tokens)  # (B, HW)
+        logits = self(ids, tokens, context)  # (B, HW, V)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1))
 
     # ---- saving --------------------------------------------------------------------------------
