@@ -230,6 +230,25 @@ def text2img_sections(lines: list[str]) -> None:
                          f"{pct(m['no_rerank_guided'])} | {pct(m['rerank8_guided'])} | "
                          f"{pct(t['per_attribute']['shape'])} | {pct(t['per_attribute']['position'])} |")
         lines.append("")
+    n = load("token_noise")
+    if n:
+        lines += ["### Token noise: learning where to draw from the caption", "", f"Command: `{n['command']}`  ",
+                  machine_line(n) + "  ", *about(n),
+                  f"Data: {n['note']}. The `{n['preset']}` text-to-image preset on the `shapes` tokenizer's tokens, "
+                  "trained with each input image token replaced by a random code at the given probability (the "
+                  "targets stay the true tokens); one run each, the same CLIP and judge. Fully correct, "
+                  f"single-object captions (first {n['n_captions']} test captions). Probe: the model's likelihood as "
+                  "a classifier of the stated position among the 9 (test captions of one object that state it): "
+                  "the cell, its row, its column (chance 11 %, 33 %, 33 %).", "",
+                  "| token noise | test bits/token | no rerank | rerank 8 | no rerank, guided | rerank 8, guided | "
+                  "position | probe: cell | row | column |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for prob, t in n["runs"].items():
+            m, pr = t["single"], t["position_probe"]
+            lines.append(f"| {prob} | {t['test_bits_per_token']:.2f} | {pct(m['no_rerank'])} | {pct(m['rerank8'])} | "
+                         f"{pct(m['no_rerank_guided'])} | {pct(m['rerank8_guided'])} | "
+                         f"{pct(t['per_attribute']['position'])} | {pct(pr['accuracy'])} | {pct(pr['row'])} | "
+                         f"{pct(pr['col'])} |")
+        lines.append("")
     s_ = load("text2img_sampling")
     if s_:
         kv = s_["kv_tokens_per_s"]

@@ -80,21 +80,24 @@ def tokenizer_stats(tok: VQTokenizer, judge: ShapesJudge, n_train: int = 5000) -
             "encoder_norm": tok.cfg.autoencoder.encoder_norm}
 
 
-def judged(run_dir: Path, clip_dir: Path, judge: ShapesJudge, n_captions: int) -> dict:
-    """What ``vqgen eval text2img RUN --n-captions N`` prints, at the run's own sampling defaults."""
+def judged(run_dir: Path, clip_dir: Path, judge: ShapesJudge, n_captions: int, guidance_scale: float | None = None,
+           temperature: float | None = None) -> dict:
+    """What ``vqgen eval text2img RUN --n-captions N`` prints, at the run's own sampling defaults or at the
+    ``guidance_scale`` and ``temperature`` given."""
     run = load_text2img_run(run_dir)
+    scale = run.model.config.guidance_scale if guidance_scale is None else guidance_scale
+    temperature = run.model.config.temperature if temperature is None else temperature
     scorer = load_clip(clip_dir)
     test = load_shapes(0, "test", progress=False)
 
     def sample_fn(captions: list[str], n: int, guidance_scale: float, seed: int) -> torch.Tensor:
-        return generate_candidates(run, captions, n, guidance_scale=guidance_scale, seed=seed)
+        return generate_candidates(run, captions, n, guidance_scale=guidance_scale, temperature=temperature,
+                                   seed=seed)
 
-    report = evaluate_text2img(test.records[:n_captions], sample_fn, scorer.score, judge,
-                               guidance_scale=run.model.config.guidance_scale,
+    report = evaluate_text2img(test.records[:n_captions], sample_fn, scorer.score, judge, guidance_scale=scale,
                                renders=(test.images, test.targets), progress=False)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {**report, "temperature": run.model.config.temperature,
-            "text_modulation": run.model.config.text_modulation,
+    return {**report, "temperature": temperature, "text_modulation": run.model.config.text_modulation,
             "test_bits_per_token": round(metrics["test_bits_per_token"], 4)}
 
 
