@@ -232,11 +232,13 @@ def text2img_sections(lines: list[str]) -> None:
         lines.append("")
     n = load("token_noise")
     if n:
+        first = next(iter(n["runs"].values()))
         lines += ["### Token noise: learning where to draw from the caption", "", f"Command: `{n['command']}`  ",
                   machine_line(n) + "  ", *about(n),
                   f"Data: {n['note']}. The `{n['preset']}` text-to-image preset on the `shapes` tokenizer's tokens, "
                   "trained with each input image token replaced by a random code at the given probability (the "
-                  "targets stay the true tokens); one run each, the same CLIP and judge. Fully correct, "
+                  "targets stay the true tokens); one run each, the same CLIP and judge, sampled at scale "
+                  f"{first['guidance_scale']:g} (guided) and temperature {first['temperature']:g}. Fully correct, "
                   f"single-object captions (first {n['n_captions']} test captions). Probe: the model's likelihood as "
                   "a classifier of the stated position among the 9 (test captions of one object that state it): "
                   "the cell, its row, its column (chance 11 %, 33 %, 33 %).", "",
