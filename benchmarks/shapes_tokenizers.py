@@ -101,6 +101,16 @@ def judged(run_dir: Path, clip_dir: Path, judge: ShapesJudge, n_captions: int, g
             "test_bits_per_token": round(metrics["test_bits_per_token"], 4)}
 
 
+def judge_and_clip(work: Path, progress: bool) -> tuple[ShapesJudge, Path]:
+    """The work directory's shapes judge and the directory of its CLIP, each trained when missing."""
+    judge_dir, clip_dir = work / "judge", work / "clip"
+    if not (judge_dir / "model.safetensors").exists():
+        train_shapes_judge(SHAPES_JUDGE_PRESETS["shapes"](), judge_dir, progress=progress)
+    if not (clip_dir / "model.safetensors").exists():
+        train_clip(CLIP_PRESETS["shapes"](), clip_dir, data="shapes", progress=progress)
+    return ShapesJudge.from_pretrained(judge_dir), clip_dir
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", action="store_true")
@@ -113,12 +123,7 @@ def main() -> None:
     args = ap.parse_args()
     progress = not args.json
     work = Path(args.work)
-    judge_dir, clip_dir = work / "judge", work / "clip"
-    if not (judge_dir / "model.safetensors").exists():
-        train_shapes_judge(SHAPES_JUDGE_PRESETS["shapes"](), judge_dir, progress=progress)
-    if not (clip_dir / "model.safetensors").exists():
-        train_clip(CLIP_PRESETS["shapes"](), clip_dir, data="shapes", progress=progress)
-    judge = ShapesJudge.from_pretrained(judge_dir)
+    judge, clip_dir = judge_and_clip(work, progress)
 
     result: dict = {"tokenizers": {}, "text2img": {}}
     for name in args.variants.split(","):

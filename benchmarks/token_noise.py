@@ -31,19 +31,16 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RUNS, machine, write_result  # noqa: E402
-from shapes_tokenizers import judged  # noqa: E402
+from shapes_tokenizers import judge_and_clip, judged  # noqa: E402
 
 from vqgen.config import apply_overrides  # noqa: E402
 from vqgen.data.encode import encode_dataset  # noqa: E402
 from vqgen.data.shapes import POSITIONS, generate_scenes  # noqa: E402
 from vqgen.data.tokens import load_tokens  # noqa: E402
-from vqgen.eval.shapes_judge import ShapesJudge  # noqa: E402
 from vqgen.prior.codec import TokenizerCodec  # noqa: E402
 from vqgen.text.bpe import CaptionTokenizer  # noqa: E402
 from vqgen.text.dalle import TextToImage  # noqa: E402
 from vqgen.tokenizer.vqgan import VQTokenizer  # noqa: E402
-from vqgen.train.clip import CLIP_PRESETS, train_clip  # noqa: E402
-from vqgen.train.shapes_judge import SHAPES_JUDGE_PRESETS, train_shapes_judge  # noqa: E402
 from vqgen.train.text2img import TEXT2IMG_PRESETS, train_text2img  # noqa: E402
 from vqgen.train.tokenizer import TOKENIZER_PRESETS, train_tokenizer  # noqa: E402
 
@@ -83,14 +80,11 @@ def main() -> None:
     args = ap.parse_args()
     progress = not args.json
     work = Path(args.work)
-    judge_dir, clip_dir = work / "judge", work / "clip"
-    train_shapes_judge(SHAPES_JUDGE_PRESETS["shapes"](), judge_dir, progress=progress)  # found when trained
-    train_clip(CLIP_PRESETS["shapes"](), clip_dir, data="shapes", progress=progress)
+    judge, clip_dir = judge_and_clip(work, progress)
     tok_dir, tokens = work / "fsq888-local" / "tokenizer", work / "fsq888-local" / "tokens"
     train_tokenizer(TOKENIZER_PRESETS["shapes"](), tok_dir, data="shapes", progress=progress)
     encode_dataset(TokenizerCodec(VQTokenizer.from_pretrained(tok_dir), str(tok_dir)), "shapes", tokens,
                    progress=progress)  # finished shards are skipped
-    judge = ShapesJudge.from_pretrained(judge_dir)
 
     preset = TEXT2IMG_PRESETS["shapes"]().model
     runs = {}
