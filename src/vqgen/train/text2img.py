@@ -269,9 +269,9 @@ def _shapes() -> TextToImageTrainConfig:
 
 
 def _shapes_long() -> TextToImageTrainConfig:
-    """The benchmark's budget (benchmarks/text2img.py): 256 wide, 4000 steps (about 0.4 s/step on 2
-    threads, 31 min). Sampling defaults from the benchmark's sweep on the first 200 test captions (one
-    sample each, fully correct, mean of single / two / held out): at temperature 1, scales 1 / 1.5 / 2 / 3
+    """The benchmark's budget (benchmarks/text2img.py): 256 wide, 4000 steps (0.4–0.6 s/step on 2
+    threads on this machine, 31–41 min). Sampling defaults from the benchmark's sweep on the first 200 test
+    captions (one sample each, fully correct, mean of single / two / held out): at temperature 1, scales 1 / 1.5 / 2 / 3
     gave 12.5 / 15.0 / 13.8 / 10.8 %; at temperature 0.7, 14.6 / 19.6 / 16.7 / 10.8 %; at 0.5, 16.3 /
     20.0 / 19.2 / 9.6 % — so scale 1.5 and temperature 0.5 (single-object captions 36 % → 54 % right
     against scale 1, temperature 1). Lower temperatures cut the unlikely tokens that start a shape in
