@@ -254,11 +254,11 @@ def _shapes() -> TextToImageTrainConfig:
     teacher forcing never asks the caption. With noise 0.15 or more it picks the right cell for 99 %.
     Single-object captions fully right (one sample / CLIP's best of 8 / guided / best of 8, guided): noise 0:
     22.5 / 47.5 / 16 / 46 % (at the earlier defaults that its own sweep had put first, scale 1.5 and
-    temperature 0.5: 21 / 42.5 / 32.5 / 55 %); 0.15: 44 / 70 / 65 / 70 %; 0.3: 52.5 / 75 / 70 / 76 %; 0.5: 29 / 54 / 41 / 60 %; held-out
-    compositions, best of 8, guided: 7.5 / 30 / 22.5 / 12.5 %. The sampling sweep on a fresh ``make demo``
-    run with noise 0.3 (benchmarks/results/text2img_demo.json) puts scale 2, temperature 0.7 first (mean
-    29.2 %; scale 1.5, temperature 0.5: 25.0 %), as the benchmark's sweep on ``shapes-long`` does, hence
-    those defaults."""
+    temperature 0.5: 21 / 42.5 / 32.5 / 55 %); 0.15: 44 / 70 / 65 / 70 %; 0.3: 52.5 / 75 / 70 / 76 %; 0.5:
+    29 / 54 / 41 / 60 %; held-out compositions, best of 8, guided: 7.5 / 30 / 22.5 / 12.5 %. The sampling
+    sweep on a fresh ``make demo`` run with noise 0.3 (benchmarks/results/text2img_demo.json) puts scale 2,
+    temperature 0.7 first (mean 29.2 %; scale 1.5, temperature 0.5: 25.0 %), as the benchmark's sweep on
+    ``shapes-long`` does, hence those defaults."""
     return TextToImageTrainConfig(
         model=TextToImageConfig(vocab_size=512, grid=(8, 8), text_vocab_size=512, max_text_len=24, n_embd=192,
                                 n_head=6, n_enc_layer=2, n_dec_layer=4, caption_drop_prob=0.1, guidance_scale=2.0,
