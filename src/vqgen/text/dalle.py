@@ -283,7 +283,10 @@ class TextToImage(nn.Module):
         decoder reads ``context`` (B, H·W) in place of ``tokens`` when given (the loss's noisy inputs)."""
         self.check_caption_ids(ids)
         self.check_tokens(tokens)
-        context = tokens if context is None else context
+        if context is None:
+            context = tokens
+        else:
+            self.check_tokens(context)
         states, mask = self.encode_text(ids)  # (B, L, C), (B, L)
         start = torch.full_like(context[:, :1], self.start_id)  # (B, 1)
         inputs = torch.cat([start, context[:, :-1]], dim=1)  # (B, HW)
@@ -292,7 +295,8 @@ class TextToImage(nn.Module):
 
     def loss(self, ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy (nats). In training mode each caption is replaced by the
-        empty one with probability ``caption_drop_prob`` (torch's global RNG: seeded runs repeat)."""
+        empty one with probability ``caption_drop_prob``, and each token the decoder reads by a random code
+        with probability ``token_noise_prob`` (torch's global RNG: seeded runs repeat)."""
         if self.training and self.config.caption_drop_prob > 0:
             drop = torch.rand(ids.shape[0], device=ids.device) < self.config.caption_drop_prob  # (B,)
             ids = torch.where(drop[:, None], self.null_caption(*ids.shape), ids)  # (B, L)
