@@ -90,9 +90,8 @@ def judged(run_dir: Path, clip_dir: Path, judge: ShapesJudge, n_captions: int, g
     scorer = load_clip(clip_dir)
     test = load_shapes(0, "test", progress=False)
 
-    def sample_fn(captions: list[str], n: int, guidance_scale: float, seed: int) -> torch.Tensor:
-        return generate_candidates(run, captions, n, guidance_scale=guidance_scale, temperature=temperature,
-                                   seed=seed)
+    def sample_fn(captions: list[str], n: int, scale_now: float, seed: int) -> torch.Tensor:  # 1 or ``scale``
+        return generate_candidates(run, captions, n, guidance_scale=scale_now, temperature=temperature, seed=seed)
 
     report = evaluate_text2img(test.records[:n_captions], sample_fn, scorer.score, judge, guidance_scale=scale,
                                renders=(test.images, test.targets), progress=False)

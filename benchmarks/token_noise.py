@@ -46,9 +46,8 @@ from vqgen.train.tokenizer import TOKENIZER_PRESETS, train_tokenizer  # noqa: E4
 
 
 @torch.inference_mode()
-def position_probe(run_dir: Path, tokens_dir: Path) -> dict:
+def position_probe(model: TextToImage, tokenizer: CaptionTokenizer, tokens_dir: Path) -> dict:
     """The model's likelihood as a position classifier on the test split's one-object captions."""
-    model, tokenizer = TextToImage.from_pretrained(run_dir).eval(), CaptionTokenizer.load(run_dir)
     test = load_tokens(tokens_dir, "test")
     _, _, captions, records = generate_scenes(0, "test", len(test))
     rows, cols = np.divmod(np.arange(len(POSITIONS)), 3)
@@ -93,12 +92,12 @@ def main() -> None:
         if not (run_dir / "model.safetensors").exists():
             cfg = apply_overrides(TEXT2IMG_PRESETS["shapes"](), [f"model.token_noise_prob={prob}"])
             train_text2img(cfg, run_dir, tokens=str(tokens), progress=progress)
-        trained_with = TextToImage.from_pretrained(run_dir).config.token_noise_prob
-        if trained_with != prob:
-            raise SystemExit(f"{run_dir} was trained with token_noise_prob {trained_with}, not {prob}")
+        model = TextToImage.from_pretrained(run_dir)
+        if model.config.token_noise_prob != prob:
+            raise SystemExit(f"{run_dir} was trained with token_noise_prob {model.config.token_noise_prob}, not {prob}")
         runs[f"{prob:g}"] = {**judged(run_dir, clip_dir, judge, args.n_captions, preset.guidance_scale,
                                       preset.temperature),
-                             "position_probe": position_probe(run_dir, tokens)}
+                             "position_probe": position_probe(model, CaptionTokenizer.load(run_dir), tokens)}
         print(prob, json.dumps(runs[f"{prob:g}"]), file=sys.stderr, flush=True)
 
     write_result("token_noise", {"runs": runs, "preset": "shapes", "n_captions": args.n_captions,
