@@ -7,7 +7,7 @@ during training each image token the decoder reads is replaced by a random code 
 the targets stay the true tokens) on the tokens of the ``shapes`` tokenizer preset, and reports for each:
 
 * what ``vqgen eval text2img --n-captions N`` reports (judge verdicts at the run's sampling defaults);
-* ``position_probe``: the model's likelihood used as a classifier. For every test caption of one object
+* ``position_probe`` (``probes.py``): the model's likelihood used as a classifier. For every test caption of one object
   that states its position, the position phrase is swapped for each of the 9 and the caption under which
   the true image tokens are most likely wins. ``accuracy`` is the share where it is the true one, ``row``
   and ``col`` the shares where its row or its column is right (chance 1/9, 1/3, 1/3).
@@ -25,48 +25,19 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RUNS, machine, write_result  # noqa: E402
+from probes import position_probe  # noqa: E402
 from shapes_tokenizers import judge_and_clip, judged  # noqa: E402
 
 from vqgen.config import apply_overrides  # noqa: E402
 from vqgen.data.encode import encode_dataset  # noqa: E402
-from vqgen.data.shapes import POSITIONS, generate_scenes  # noqa: E402
-from vqgen.data.tokens import load_tokens  # noqa: E402
 from vqgen.prior.codec import TokenizerCodec  # noqa: E402
 from vqgen.text.bpe import CaptionTokenizer  # noqa: E402
 from vqgen.text.dalle import TextToImage  # noqa: E402
 from vqgen.tokenizer.vqgan import VQTokenizer  # noqa: E402
 from vqgen.train.text2img import TEXT2IMG_PRESETS, train_text2img  # noqa: E402
 from vqgen.train.tokenizer import TOKENIZER_PRESETS, train_tokenizer  # noqa: E402
-
-
-@torch.inference_mode()
-def position_probe(model: TextToImage, tokenizer: CaptionTokenizer, tokens_dir: Path) -> dict:
-    """The model's likelihood as a position classifier on the test split's one-object captions."""
-    test = load_tokens(tokens_dir, "test")
-    _, _, captions, records = generate_scenes(0, "test", len(test))
-    rows, cols = np.divmod(np.arange(len(POSITIONS)), 3)
-    hits = {"accuracy": 0, "row": 0, "col": 0}
-    n = 0
-    for caption, record, grid in zip(captions, records, test.tokens):
-        if len(record["objects"]) != 1 or "position" not in record["objects"][0]:
-            continue
-        true = POSITIONS.index(record["objects"][0]["position"])
-        swapped = [caption.replace(POSITIONS[true], p, 1) for p in POSITIONS]  # the phrase holds it verbatim
-        ids, _ = tokenizer.encode(swapped, model.config.max_text_len)  # (9, L)
-        tokens = torch.as_tensor(np.asarray(grid)).long().reshape(1, -1).expand(len(POSITIONS), -1)  # (9, HW)
-        nll = F.cross_entropy(model(ids, tokens).transpose(1, 2), tokens, reduction="none").sum(1)  # (9,)
-        best = int(nll.argmin())
-        hits["accuracy"] += best == true
-        hits["row"] += rows[best] == rows[true]
-        hits["col"] += cols[best] == cols[true]
-        n += 1
-    return {**{k: round(v / n, 3) for k, v in hits.items()}, "n_captions": n}
 
 
 def main() -> None:
