@@ -175,11 +175,24 @@ def text2img_sections(lines: list[str]) -> None:
         for row in r["guidance_sweep"]:
             lines.append(f"| {row['guidance_scale']:g} | {row.get('temperature', 1.0):g} | {pct(row['single'])} | "
                          f"{pct(row['two'])} | {pct(row['heldout'])} | {pct(row['mean'])} |")
+        p = r.get("probes")
+        if p:
+            b, c, pos = p["binding"], p["clip_binding"], p["position"]
+            lines += ["", "Probes (`benchmarks/probes.py`, no sampling): each model chooses between a true test caption "
+                      "and a false one, the text-to-image model by its likelihood of the true image tokens, CLIP by its "
+                      "score of the true render. Two-object captions against the same words with the objects' colours "
+                      "swapped, their shapes swapped, or the relation reversed (chance 50 %); one-object captions "
+                      "against the 8 other positions (chance 11 %).", "",
+                      "| model | colours swapped | shapes swapped | relation reversed | position (of 9) |",
+                      "|---|---|---|---|---|",
+                      f"| text to image | {pct(b['color'])} | {pct(b['shape'])} | {pct(b['relation'])} | "
+                      f"{pct(pos['accuracy'])} |",
+                      f"| CLIP | {pct(c['color'])} | {pct(c['shape'])} | {pct(c['relation'])} | – |"]
         t = r["train_seconds"]
-        lines += ["", "Training seconds, as recorded in each run (a run found finished in the work directory is reused: "
-                  "here the tokenizer, CLIP and the judge, from earlier runs of the same presets; the CPU was shared "
-                  "with other jobs): " +
-                  ", ".join(f"{k} {f(v, 0) if v is not None else '–'}" for k, v in t.items()) +
+        total = (f"End to end, in one run from an empty work directory: {f(r['total_seconds'] / 60, 1)} min. "
+                 if "total_seconds" in r else "")
+        lines += ["", total + "Training seconds, as recorded in each run (a run found finished in the work directory "
+                  "is reused): " + ", ".join(f"{k} {f(v, 0) if v is not None else '–'}" for k, v in t.items()) +
                   f"; evaluation {f(r['eval_seconds'], 0)} s.", "", "![text to image](images/text2img.png)", ""]
     e = load("token_entropy")
     if e:
@@ -430,7 +443,7 @@ def gpu_section(lines: list[str]) -> None:
     r = load("gpu")
     if not r:
         return
-    lines += ["## Full-size presets on one GPU", "", f"Command: `python benchmarks/gpu.py --json`  ",
+    lines += ["## Full-size presets on one GPU", "", "Command: `python benchmarks/gpu.py --json`  ",
               machine_line(r) + "  ", f"{r['precision']}; {r['warmup_steps']} warm-up and {r['timed_steps']} timed "
               "steps on random data.", "",
               "| preset | parameters | batch | throughput | TFLOP/s | of bf16 peak | peak memory | estimate |",

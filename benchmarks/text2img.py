@@ -9,7 +9,9 @@ Trains each part with its preset (reusing finished runs under ``--work``), sweep
 scale on the first ``--sweep-captions`` test captions (fully-correct fraction without reranking, the
 number a user sees from one sample) and the sampling temperature, then evaluates all test captions at the
 best pair (every variant at the best temperature): the object
-``vqgen eval text2img`` prints, plus training times, the sweep and the run's own sampling defaults.
+``vqgen eval text2img`` prints, plus training times, the sweep, the run's own sampling defaults and the
+probes of ``probes.py`` (what the model's likelihood and CLIP's score read from a caption: the stated
+position of one object; which colour and shape go with which of two objects, and their relation).
 The judge and CLIP are separate networks trained separately, and the judge never sees generated
 images. Writes docs/images/text2img.png (best 4 of 16 by CLIP for a few captions, one held out).
 """
@@ -25,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, RUNS, machine, write_result  # noqa: E402
+from probes import binding_probe, clip_binding_probe, position_probe  # noqa: E402
 
 from vqgen.data.shapes import load_shapes  # noqa: E402
 from vqgen.eval.shapes_judge import ShapesJudge  # noqa: E402
@@ -64,7 +67,8 @@ def build(work: Path, preset: str, progress: bool) -> dict:
     seconds = {"tokenizer": train_seconds(tok_dir), "encode": round(encode_s, 1),
                "text2img": train_seconds(t2i_dir), "clip": train_seconds(clip_dir),
                "judge": judge_metrics.get("train_seconds")}
-    return {"tokenizer": tok_dir, "text2img": t2i_dir, "clip": clip_dir, "judge": judge_dir, "seconds": seconds}
+    return {"tokenizer": tok_dir, "tokens": tokens, "text2img": t2i_dir, "clip": clip_dir, "judge": judge_dir,
+            "seconds": seconds}
 
 
 def main() -> None:
@@ -79,6 +83,7 @@ def main() -> None:
     ap.add_argument("--out")
     args = ap.parse_args()
     progress = not args.json
+    start = time.perf_counter()
     runs = build(Path(args.work), args.preset, progress)
     run = load_text2img_run(runs["text2img"])
     scorer = load_clip(runs["clip"])
@@ -110,6 +115,9 @@ def main() -> None:
                                renders=(test.images, test.targets), progress=progress)
     report["temperature"] = temperature
     eval_seconds = time.perf_counter() - t
+    probes = {"position": position_probe(run.model, run.tokenizer, runs["tokens"]),
+              "binding": binding_probe(run.model, run.tokenizer, runs["tokens"]),
+              "clip_binding": clip_binding_probe(scorer, test.images, test.records)}
 
     grid, labels = [], []
     candidates = generate_candidates(run, FIGURE_CAPTIONS, 16, guidance_scale=best, temperature=temperature,
@@ -122,9 +130,10 @@ def main() -> None:
 
     write_result("text2img", {**report, "preset": args.preset, "run_guidance_scale": run.model.config.guidance_scale,
                               "run_temperature": run.model.config.temperature,
-                              "guidance_sweep": sweep, "sweep_captions": args.sweep_captions,
+                              "guidance_sweep": sweep, "sweep_captions": args.sweep_captions, "probes": probes,
                               "train_seconds": runs["seconds"],
                               "eval_seconds": round(eval_seconds, 1),
+                              "total_seconds": round(time.perf_counter() - start, 1),
                               "params_text2img": run.model.num_params(), "machine": machine(),
                               "note": "shapes:0 test split (procedural; held-out colour-shape pairs never in train)",
                               "command": " ".join(["python"] + sys.argv)}, args.out)
