@@ -50,7 +50,8 @@ FIGURE_CAPTIONS = ["a red circle in the top left", "a large blue square in the c
 
 
 def build(work: Path, preset: str, progress: bool) -> dict:
-    """Train (or find) the four runs; returns their directories and training seconds."""
+    """Train (or find) the four runs; returns their directories, training seconds and which were found."""
+    found = [name for name in ("tokenizer", "tokens", "text2img", "clip", "judge") if (work / name).exists()]
     tok_dir = work / "tokenizer"
     train_tokenizer(TOKENIZER_PRESETS["shapes"](), tok_dir, data="shapes", progress=progress)
     tokens = work / "tokens"
@@ -68,7 +69,7 @@ def build(work: Path, preset: str, progress: bool) -> dict:
                "text2img": train_seconds(t2i_dir), "clip": train_seconds(clip_dir),
                "judge": judge_metrics.get("train_seconds")}
     return {"tokenizer": tok_dir, "tokens": tokens, "text2img": t2i_dir, "clip": clip_dir, "judge": judge_dir,
-            "seconds": seconds}
+            "seconds": seconds, "found": found}
 
 
 def main() -> None:
@@ -133,7 +134,7 @@ def main() -> None:
                               "guidance_sweep": sweep, "sweep_captions": args.sweep_captions, "probes": probes,
                               "train_seconds": runs["seconds"],
                               "eval_seconds": round(eval_seconds, 1),
-                              "total_seconds": round(time.perf_counter() - start, 1),
+                              "total_seconds": round(time.perf_counter() - start, 1), "found_in_work": runs["found"],
                               "params_text2img": run.model.num_params(), "machine": machine(),
                               "note": "shapes:0 test split (procedural; held-out colour-shape pairs never in train)",
                               "command": " ".join(["python"] + sys.argv)}, args.out)
