@@ -77,35 +77,29 @@ def position_probe(model: TextToImage, tokenizer: CaptionTokenizer, tokens_dir: 
     return {**{k: round(v / n, 3) for k, v in hits.items()}, "n_captions": n}
 
 
-def _shares(wins: dict[str, list[bool]]) -> dict:
+def _binding_wins(pairs, score) -> dict:
+    """``pairs`` of (two-object record, what ``score(captions, x)`` reads: image tokens or a render) → per
+    kind of ``binding_variants``, the share of pairs where the true caption scores higher than the false one."""
+    wins: dict[str, list[bool]] = {"color": [], "shape": [], "relation": []}
+    for record, x in pairs:
+        if len(record["objects"]) != 2:
+            continue
+        variants = binding_variants(record)
+        scores = score([record["caption"], *variants.values()], x)  # (1 + v,)
+        for kind, v in zip(variants, scores[1:].tolist()):
+            wins[kind].append(float(scores[0]) > v)
     return {**{k: round(sum(v) / len(v), 3) for k, v in wins.items()}, "n_pairs": {k: len(v) for k, v in wins.items()}}
 
 
 def binding_probe(model: TextToImage, tokenizer: CaptionTokenizer, tokens_dir: Path) -> dict:
     """Share of two-object test captions whose true image tokens are likelier under the true caption than
     under each kind of false one (``binding_variants``)."""
-    wins: dict[str, list[bool]] = {"color": [], "shape": [], "relation": []}
-    for record, grid in _test_tokens(tokens_dir):
-        if len(record["objects"]) != 2:
-            continue
-        variants = binding_variants(record)
-        nll = _nll(model, tokenizer, [record["caption"], *variants.values()], grid)  # (1 + v,)
-        for kind, v in zip(variants, nll[1:].tolist()):
-            wins[kind].append(float(nll[0]) < v)
-    return _shares(wins)
+    return _binding_wins(_test_tokens(tokens_dir), lambda captions, grid: -_nll(model, tokenizer, captions, grid))
 
 
 @torch.inference_mode()
 def clip_binding_probe(scorer, images: torch.Tensor, records: list[dict]) -> dict:
     """The same choice for CLIP: share of two-object test renders (uint8 (N, C, H, W)) that score higher
     with the true caption than with each kind of false one."""
-    wins: dict[str, list[bool]] = {"color": [], "shape": [], "relation": []}
-    for image, record in zip(images, records):
-        if len(record["objects"]) != 2:
-            continue
-        variants = binding_variants(record)
-        captions = [record["caption"], *variants.values()]
-        scores = scorer.score(image[None].expand(len(captions), -1, -1, -1), captions)  # (1 + v,)
-        for kind, v in zip(variants, scores[1:].tolist()):
-            wins[kind].append(float(scores[0]) > v)
-    return _shares(wins)
+    return _binding_wins(zip(records, images), lambda captions, image: scorer.score(
+        image[None].expand(len(captions), -1, -1, -1), captions))  # (1 + v,)

@@ -192,8 +192,8 @@ def text2img_sections(lines: list[str]) -> None:
         total = ""
         if "total_seconds" in r:
             found = r.get("found_in_work")
-            total = (f"End to end, in one run, {'from an empty work directory' if not found else 'reusing ' + ', '.join(found)}: "
-                     f"{f(r['total_seconds'] / 60, 1)} min. ")
+            where = "reusing " + ", ".join(found) if found else "from an empty work directory"
+            total = f"End to end, in one run, {where}: {f(r['total_seconds'] / 60, 1)} min. "
         lines += ["", total + "Training seconds, as recorded in each run (a run found finished in the work directory "
                   "is reused): " + ", ".join(f"{k} {f(v, 0) if v is not None else '–'}" for k, v in t.items()) +
                   f"; evaluation {f(r['eval_seconds'], 0)} s.", "", "![text to image](images/text2img.png)", ""]
