@@ -422,13 +422,16 @@ def vqgan_sections(lines: list[str]) -> None:
         lines.append(f"| {name} | {pct(m['judge_accuracy'])} | {f(m['fd'], 3)} | {f(m['samples_per_s'], 1)} | "
                      f"{f(m['bits_per_image'], 1)} |")
     lines.append("")
-    s_ = load("vqgan_sweep")
-    if s_:
-        lines += [f"GAN settings (`{s_['command']}`; {machine_line(s_)[len('Machine: '):-1]}), each `{s_['preset']}` "
-                  f"with one change. {s_.get('about', '')}.", "", "| setting | PSNR dB | SSIM | judge FD | sharpness |", "|---|---|---|---|---|"]
-        for name, m in s_["settings"].items():
-            lines.append(f"| {name}: `{' '.join(m['overrides'])}` | {f(m['psnr'])} | {f(m['ssim'], 3)} | "
-                         f"{f(m['fd_reconstructions'], 3)} | {f(m['sharpness'])} |")
+    for name in ("vqgan_sweep", "vqgan_sweep_cpu"):
+        s_ = load(name)
+        if not s_:
+            continue
+        lines += [f"GAN settings (`{s_['command']}`; {machine_line(s_)[len('Machine: '):-1]}), each an f8 preset "
+                  "with one change." + (f" {s_['about']}." if s_.get("about") else ""), "", "| setting | PSNR dB | SSIM | judge FD | sharpness |",
+                  "|---|---|---|---|---|"]
+        for key, m in s_["settings"].items():
+            lines.append(f"| {key}: `{m.get('preset', s_.get('preset'))}` `{' '.join(m['overrides'])}` | {f(m['psnr'])} | "
+                         f"{f(m['ssim'], 3)} | {f(m['fd_reconstructions'], 3)} | {f(m['sharpness'])} |")
         lines.append("")
     w = load("vqgan_why")
     if w:
@@ -440,6 +443,17 @@ def vqgan_sections(lines: list[str]) -> None:
             lines.append(f"| {k} | {pct(m['judge_accuracy'])} | {f(m['fd'], 3)} | {f(m['fd_mean_term'], 3)} | "
                          f"{f(m['fd_covariance_term'], 3)} | {f(m['sharpness'])} | {f(m['blur_fd'], 3)} |")
         lines.append("")
+        ft = w.get("decoder_finetune")
+        if ft:
+            lines += [f"The decoder alone trained {ft['steps']} more steps from `{Path(ft['from']).name}` (encoder and "
+                      "codebook frozen, so the same tokens), on its L2 loss or with the GAN added:", "",
+                      "| decoder fine-tune | seed | PSNR dB | judge accuracy | judge FD | mean term | covariance term | "
+                      "sharpness |", "|---|---|---|---|---|---|---|---|"]
+            for k in ("l2", "l2_gan"):
+                for m in ft[k]:
+                    lines.append(f"| {k} | {m['seed']} | {f(m['psnr'])} | {pct(m['judge_accuracy'])} | {f(m['fd'], 3)} | "
+                                 f"{f(m['fd_mean_term'], 3)} | {f(m['fd_covariance_term'], 3)} | {f(m['sharpness'])} |")
+            lines.append("")
 
 
 def gpu_section(lines: list[str]) -> None:
