@@ -3,7 +3,8 @@
 Three tokenizers on the Fashion-MNIST test split — ``fashion-mnist`` (f=4, 8×8 tokens, today's VQ-VAE
 preset), ``fashion-mnist-f8-nogan`` (f=8, 4×4 tokens) and ``fashion-mnist-f8`` (the same with the
 PatchGAN on, at the same training time) — then the class-conditional prior on the f8 GAN tokens
-against the prior on the f4 tokens, both the ``fashion-mnist-class`` preset with the same step budget.
+against the prior on the f4 tokens, both the ``fashion-mnist-class`` preset with the same budget: the same
+steps and the same tokens per step (the f8 prior's batch holds 4× as many sequences of a quarter the length).
 
     python benchmarks/vqgan.py --json [--tok-steps N --prior-steps N --judge RUN --n-test N --n-per-class N]
 
@@ -138,8 +139,10 @@ def main() -> None:
     png = Path(args.png) if args.png else (runs / "vqgan_f8.png" if smoke else REPO / "docs" / "images" / "vqgan_f8.png")
     save_grid(grid, png, nrow=len(pick), scale=3)
 
-    # Stage 2: the same prior preset and step budget on f4 tokens and on f8 GAN tokens.
-    steps = args.prior_steps or PRIOR_PRESETS[PRIOR_PRESET]().loop.max_steps
+    # Stage 2: the same prior preset and budget on f4 tokens and on f8 GAN tokens: the same steps, and the
+    # same tokens per step, so the f8 prior's batch holds as many more sequences as they are shorter.
+    base = PRIOR_PRESETS[PRIOR_PRESET]().loop
+    steps = args.prior_steps or base.max_steps
     over = [f"loop.max_steps={steps}", f"optim.warmup_steps={min(100, max(1, steps // 10))}"] if args.prior_steps else []
     if smoke:
         f4_tokens = runs / "tokens-f4"
@@ -151,12 +154,14 @@ def main() -> None:
     encode_dataset(TokenizerCodec(models["f8_gan"], details["f8_gan"]["run"]), spec, f8_tokens, progress=progress)
     f8_prior = runs / "prior-f8-gan"
     grid8 = list(models["f8_gan"].cfg.grid)
-    for key, tokens, prior_dir, grid_over in [("prior_f4", f4_tokens, f4_prior, []),
-                                              ("prior_f8_gan", f8_tokens, f8_prior, [f"model.grid={grid8}"])]:
-        cfg = apply_overrides(PRIOR_PRESETS[PRIOR_PRESET](), over + grid_over)
+    batch8 = base.batch_size * details["f4"]["tokens"] // details["f8_gan"]["tokens"]  # 32 × 64 / 16 = 128
+    for key, tokens, prior_dir, f8_over in [
+            ("prior_f4", f4_tokens, f4_prior, []),
+            ("prior_f8_gan", f8_tokens, f8_prior, [f"model.grid={grid8}", f"loop.batch_size={batch8}"])]:
+        cfg = apply_overrides(PRIOR_PRESETS[PRIOR_PRESET](), over + f8_over)
         train_prior(cfg, prior_dir, tokens=str(tokens), progress=progress)
         result[key], details[key] = prior_metrics(prior_dir, judge, args.n_per_class, steps)
-        details[key].update(run=str(prior_dir), preset=PRIOR_PRESET)
+        details[key].update(run=str(prior_dir), preset=PRIOR_PRESET, batch_size=cfg.loop.batch_size)
         print(key, result[key], file=sys.stderr, flush=True)
     result["details"] = details
     result["png"] = str(png)

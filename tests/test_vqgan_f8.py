@@ -111,6 +111,20 @@ def test_gan_run_logs_discriminator_logits_adaptive_weight_and_adversarial_term(
         assert d >= 0 and d >= 0.5 * (max(0.0, 1 - r) + max(0.0, 1 + f)) - 1e-6  # Jensen: mean relu >= relu mean
 
 
+def test_the_discriminator_trains_at_its_own_lr_when_the_preset_sets_one(gan_run, tmp_path):
+    from vqgen.train.common import read_checkpoint
+    run, cfg, _ = gan_run
+    assert cfg.gan.lr is not None and cfg.gan.lr != cfg.optim.lr
+    ckpt = read_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt["disc_optimizer"]["param_groups"][0]["initial_lr"] == cfg.gan.lr
+    assert ckpt["optimizer"]["param_groups"][0]["initial_lr"] == cfg.optim.lr
+    # Without gan.lr the discriminator takes the autoencoder's.
+    same = apply_overrides(TOKENIZER_PRESETS["fashion-mnist-f8"](), QUICK + ["loop.max_steps=1", "gan.start=0", "gan.lr=null"])
+    train_tokenizer(same, tmp_path / "run", train_data=synthetic_images(8, size=32), progress=False)
+    ckpt = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert ckpt["disc_optimizer"]["param_groups"][0]["initial_lr"] == same.optim.lr
+
+
 def test_progress_bar_shows_when_the_discriminator_starts(gan_run):
     _, _, bar = gan_run
     discs = [p["disc"] for p in bar.postfixes]
