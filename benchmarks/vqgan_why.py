@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import sys
 from pathlib import Path
 
@@ -41,9 +40,9 @@ from vqgen.eval.fd import feature_stats, frechet_distance_from_stats  # noqa: E4
 from vqgen.eval.judge import JudgeClassifier  # noqa: E402
 from vqgen.images import to_model_range  # noqa: E402
 from vqgen.tokenizer.discriminator import PatchDiscriminator  # noqa: E402
-from vqgen.tokenizer.losses import adaptive_weight, generator_adv_loss, hinge_d_loss  # noqa: E402
+from vqgen.tokenizer.losses import adaptive_weight, generator_adv_loss, hinge_d_loss, reconstruction_loss  # noqa: E402
 from vqgen.tokenizer.vqgan import VQTokenizer  # noqa: E402
-from vqgen.train.common import batch_indices  # noqa: E402
+from vqgen.train.common import OptimConfig, batch_indices, make_optimizer  # noqa: E402
 from vqgen.train.tokenizer import TOKENIZER_PRESETS, GANConfig  # noqa: E402
 
 RUN_DIRS = {"f4": RUNS / "bench-tokenizer" / "fashion-mnist",
@@ -78,12 +77,9 @@ def sigma_for_sharpness(images: torch.Tensor, target: float) -> float:
 
 
 # Decoder fine-tuning: a fine-tune's learning rate (a fifth of the preset's peak), cosine to 0 over the
-# steps, and taming's Adam betas, for the decoder and the discriminator alike.
-FINETUNE_LR, FINETUNE_BETAS, FINETUNE_BATCH = 2e-4, (0.5, 0.9), 32
-
-
-def _cosine(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+# steps without warm-up or clipping, and taming's Adam betas, for the decoder and the discriminator alike.
+FINETUNE_OPTIM = OptimConfig(lr=2e-4, betas=(0.5, 0.9), warmup_steps=0, min_lr_ratio=0.0, grad_clip=0.0)
+FINETUNE_BATCH = 32
 
 
 def finetune_decoder(model: VQTokenizer, images: torch.Tensor, steps: int, gan: GANConfig | None,
@@ -96,19 +92,17 @@ def finetune_decoder(model: VQTokenizer, images: torch.Tensor, steps: int, gan: 
         raise ValueError(f"finetune_decoder: steps must be >= 1, got {steps}")
     torch.manual_seed(seed)
     model = copy.deepcopy(model).eval()  # eval: the quantizer neither updates its EMA nor restarts codes
-    params = [*model.post_quant_conv.parameters(), *model.decoder.parameters()]
-    opt = torch.optim.Adam(params, lr=FINETUNE_LR, betas=FINETUNE_BETAS)
-    sched = _cosine(opt, steps)
+    opt, sched = make_optimizer([*model.post_quant_conv.parameters(), *model.decoder.parameters()],
+                                FINETUNE_OPTIM, steps)
     if gan is not None:
         disc = PatchDiscriminator(images.shape[1], gan.ndf, gan.n_layers).train()
-        d_opt = torch.optim.Adam(disc.parameters(), lr=FINETUNE_LR, betas=FINETUNE_BETAS)
-        d_sched = _cosine(d_opt, steps)
+        d_opt, d_sched = make_optimizer(disc.parameters(), FINETUNE_OPTIM, steps)
     for step in range(steps):
         x = to_model_range(images[batch_indices(len(images), batch, step, seed)])  # (b, C, H, W)
         with torch.no_grad():
             z_q = model.quantize(x).z_q  # (b, z, h, w): fixed codes
         xr = model.decoder(model.post_quant_conv(z_q))  # (b, C, H, W)
-        rec = (x - xr).pow(2).mean()
+        rec = reconstruction_loss(x, xr, "l2")
         loss = rec
         if gan is not None:
             g = generator_adv_loss(disc(xr))  # () −mean D(x̂)
@@ -122,7 +116,7 @@ def finetune_decoder(model: VQTokenizer, images: torch.Tensor, steps: int, gan: 
             hinge_d_loss(disc(x), disc(xr.detach())).backward()
             d_opt.step()
             d_sched.step()
-    return model.eval()
+    return model
 
 
 def fd_terms(stats_a, stats_b) -> dict:
@@ -185,7 +179,7 @@ def main() -> None:
                                    "sharpness": round(sharpness(recon) / sharpness(images), 4)})
                 print(name, runs[name][-1], file=sys.stderr, flush=True)
         result["decoder_finetune"] = {"from": str(RUN_DIRS["f8_nogan"]), "steps": args.decoder_steps,
-                                      "lr": FINETUNE_LR, "betas": list(FINETUNE_BETAS), "batch": FINETUNE_BATCH,
+                                      "lr": FINETUNE_OPTIM.lr, "betas": list(FINETUNE_OPTIM.betas), "batch": FINETUNE_BATCH,
                                       "gan": {"weight": gan.weight, "ndf": gan.ndf, "n_layers": gan.n_layers},
                                       **runs}
     if args.json:

@@ -11,6 +11,7 @@ from vqgen.config import apply_overrides
 from vqgen.errors import ConfigError
 from vqgen.tokenizer.discriminator import PatchDiscriminator
 from vqgen.train import tokenizer as train_mod
+from vqgen.train.common import read_checkpoint
 from vqgen.train.tokenizer import TOKENIZER_PRESETS, GANHealth, train_tokenizer
 
 F8 = ("fashion-mnist-f8", "fashion-mnist-f8-nogan")
@@ -112,7 +113,6 @@ def test_gan_run_logs_discriminator_logits_adaptive_weight_and_adversarial_term(
 
 
 def test_the_discriminator_trains_at_its_own_lr_when_the_preset_sets_one(gan_run, tmp_path):
-    from vqgen.train.common import read_checkpoint
     run, cfg, _ = gan_run
     assert cfg.gan.lr is not None and cfg.gan.lr != cfg.optim.lr
     ckpt = read_checkpoint(run / "checkpoints" / "last.pt")
